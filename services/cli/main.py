@@ -1,0 +1,31 @@
+"""The ``weir`` command: one CLI for every process and every operator tool.
+
+Only wiring lives here. Each service owns its command in ``services/<service>/cli.py`` and keeps
+heavy imports (bcc, kubernetes-asyncio) inside the command body, so ``weir --help`` stays fast
+and a node that never runs the apiserver never imports it. Every option is also settable as a
+``WEIR_*`` environment variable (declared with ``envvar=`` on each option).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from services.apiserver.cli import apiserver_command
+
+app = typer.Typer(
+    name="weir",
+    help="Weir: an event-driven eBPF service datapath for Kubernetes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+app.command("apiserver")(apiserver_command)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
