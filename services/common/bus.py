@@ -1,0 +1,266 @@
+"""The NATS JetStream bus: connecting, publishing with dedup + trace context, and re-exports.
+
+Why this shape: every service talks to the bus the same way, so the rules live here once.
+- Connections reconnect forever with capped exponential backoff (:func:`reconnect_delay`, pure);
+  connection events are logged and counted, never fatal.
+- Every publish carries a deterministic ``Nats-Msg-Id`` (so a retry or a replayed watch event is
+  dropped by the stream's duplicate window) and W3C trace context. Transient failures (timeouts,
+  no responders while the server restarts, JetStream briefly unavailable) are retried a bounded
+  number of times: safe precisely because of the msg id.
+- :func:`publish_batch` pipelines many publishes through a bounded window of in-flight requests
+  for throughput (a relist of 100k objects), keeping the same per-message guarantees.
+
+Consumption lives in :mod:`services.common.consume` and provisioning in
+:mod:`services.common.streams`; both are re-exported here so callers import one module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.client import Server
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+from nats.js.errors import APIError, NoStreamResponseError
+from pydantic import BaseModel
+
+from services.common import metrics, tracing
+from services.common.consume import LastPerSubject, consume, last_per_subject
+from services.common.streams import ProvisionError, provision
+
+__all__ = [
+    "Bus",
+    "LastPerSubject",
+    "Outgoing",
+    "ProvisionError",
+    "PublishBatchError",
+    "PublishError",
+    "connect_bus",
+    "consume",
+    "encode",
+    "last_per_subject",
+    "provision",
+    "publish",
+    "publish_batch",
+    "reconnect_delay",
+]
+
+log = logging.getLogger(__name__)
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+def reconnect_delay(attempt: int, *, base: float = 0.05, cap: float = 2.0) -> float:
+    """Capped exponential backoff with +-20 % jitter for reconnect/retry ``attempt`` (0-based)."""
+    delay = min(cap, base * (2 ** min(attempt, 30)))
+    return float(delay * random.uniform(0.8, 1.2))
+
+
+@dataclass
+class Bus:
+    """A connected NATS client and its JetStream context."""
+
+    nc: NATS
+    js: JetStreamContext
+    name: str
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:  # draining a dead connection: close it instead
+                await self.nc.close()
+
+
+async def connect_bus(
+    url: str,
+    name: str,
+    *,
+    max_initial_attempts: int | None = None,
+    js_timeout: float = 5.0,
+) -> Bus:
+    """Connect to NATS (retrying the first connect, forever unless bounded) and open JetStream."""
+    attempts = [0]
+
+    async def on_error(exc: Exception) -> None:
+        metrics.BUS_ERRORS.labels(name).inc()
+        log.warning("bus %s: %s: %s", name, type(exc).__name__, exc)
+
+    async def on_disconnected() -> None:
+        metrics.BUS_DISCONNECTS.labels(name).inc()
+        log.warning("bus %s: disconnected from NATS", name)
+
+    async def on_reconnected() -> None:
+        attempts[0] = 0
+        metrics.BUS_RECONNECTS.labels(name).inc()
+        log.info("bus %s: reconnected to NATS", name)
+
+    async def on_closed() -> None:
+        log.info("bus %s: connection closed", name)
+
+    def pick_server(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
+        delay = reconnect_delay(attempts[0])
+        attempts[0] += 1
+        return (servers[0] if servers else None), delay
+
+    tries = 0
+    while True:
+        try:
+            nc = await nats.connect(
+                url,
+                name=name,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.05,
+                reconnect_to_server_handler=pick_server,
+                connect_timeout=2,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+                closed_cb=on_closed,
+            )
+            break
+        except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
+            tries += 1
+            if max_initial_attempts is not None and tries >= max_initial_attempts:
+                raise ConnectionError(f"cannot connect to NATS at {url}: {exc}") from exc
+            delay = reconnect_delay(tries - 1)
+            log.warning("bus %s: cannot connect to %s (%s); retry in %.2fs", name, url, exc, delay)
+            await asyncio.sleep(delay)
+    return Bus(nc=nc, js=nc.jetstream(timeout=js_timeout), name=name)
+
+
+class PublishError(RuntimeError):
+    """A publish that still failed after all retries."""
+
+
+class PublishBatchError(PublishError):
+    """Some publishes of a batch failed; ``errors`` maps batch index -> exception."""
+
+    def __init__(self, errors: dict[int, BaseException], acks: list[PubAck | None]) -> None:
+        first = min(errors)
+        super().__init__(
+            f"{len(errors)} of {len(acks)} publishes failed; first #{first}: {errors[first]!r}"
+        )
+        self.errors = errors
+        self.acks = acks
+
+
+class Outgoing(NamedTuple):
+    """One message of a :func:`publish_batch`."""
+
+    subject: str
+    data: bytes | BaseModel
+    msg_id: str
+    headers: Mapping[str, str] | None = None
+
+
+def encode(data: bytes | BaseModel) -> bytes:
+    """Bytes as they are; a pydantic model as its JSON."""
+    if isinstance(data, BaseModel):
+        return data.model_dump_json().encode()
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise TypeError(f"publish data must be bytes or a pydantic model, not {type(data).__name__}")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, nats.errors.TimeoutError | asyncio.TimeoutError | NoStreamResponseError):
+        return True
+    if isinstance(exc, nats.errors.NoRespondersError | nats.errors.OutboundBufferLimitError):
+        return True
+    if isinstance(exc, nats.errors.ConnectionReconnectingError):
+        return True
+    return isinstance(exc, APIError) and exc.code in (503, 504)
+
+
+async def publish(
+    js: JetStreamContext,
+    subject: str,
+    data: bytes | BaseModel,
+    *,
+    msg_id: str,
+    headers: Mapping[str, str] | None = None,
+    ack_timeout: float | None = None,
+    attempts: int = 8,
+) -> PubAck:
+    """Publish one message to JetStream and wait for the stream's ack (see module doc)."""
+    if not msg_id:
+        raise ValueError(f"publish to {subject}: msg_id must be a non-empty string")
+    payload = encode(data)
+    template = tracing.subject_template(subject)
+    with tracing.producer_span(subject, msg_id) as span:
+        hdrs = tracing.inject(headers)
+        hdrs[MSG_ID_HEADER] = msg_id
+        for attempt in range(attempts):
+            try:
+                ack = await js.publish(subject, payload, timeout=ack_timeout, headers=hdrs)
+            except Exception as exc:
+                if not _is_transient(exc) or attempt == attempts - 1:
+                    metrics.PUBLISH_ERRORS.labels(template).inc()
+                    span.record_exception(exc)
+                    raise PublishError(f"publish {subject} (msg id {msg_id}): {exc!r}") from exc
+                metrics.PUBLISH_RETRIES.labels(template).inc()
+                delay = reconnect_delay(attempt, base=0.1)
+                log.debug("publish %s: %r; retry %d in %.2fs", subject, exc, attempt + 1, delay)
+                await asyncio.sleep(delay)
+                continue
+            span.set_attribute(tracing.ATTR_STREAM, ack.stream)
+            span.set_attribute(tracing.ATTR_STREAM_SEQUENCE, ack.seq)
+            if ack.duplicate:
+                span.set_attribute("messaging.nats.duplicate", True)
+            return ack
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def publish_batch(
+    js: JetStreamContext,
+    items: Iterable[Outgoing],
+    *,
+    window: int = 256,
+    ack_timeout: float | None = None,
+    attempts: int = 8,
+) -> list[PubAck]:
+    """Publish many messages with at most ``window`` in flight; acks in input order.
+
+    Every message gets the same treatment as :func:`publish`. Failures do not stop the batch;
+    afterwards a :class:`PublishBatchError` reports which ones failed (the msg ids make it safe
+    to publish the whole batch again).
+    """
+    queue = list(items)
+    acks: list[PubAck | None] = [None] * len(queue)
+    errors: dict[int, BaseException] = {}
+    cursor = iter(range(len(queue)))
+
+    async def worker() -> None:
+        for i in cursor:
+            o = queue[i]
+            try:
+                acks[i] = await publish(
+                    js,
+                    o.subject,
+                    o.data,
+                    msg_id=o.msg_id,
+                    headers=o.headers,
+                    ack_timeout=ack_timeout,
+                    attempts=attempts,
+                )
+            except PublishError as exc:
+                errors[i] = exc
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(window, len(queue))))))
+    if errors:
+        raise PublishBatchError(errors, acks)
+    return [a for a in acks if a is not None]

@@ -1,0 +1,186 @@
+"""Bus helpers against a real nats-server: provisioning, dedup, ack-after-effect, snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.aio.msg import Msg
+from nats.js.api import StorageType, StreamConfig
+
+from contracts import subjects as s
+from services.common.bus import (
+    Bus,
+    Outgoing,
+    ProvisionError,
+    consume,
+    last_per_subject,
+    provision,
+    publish,
+    publish_batch,
+)
+from services.common.streams import K8S_HISTORY
+
+
+async def test_provision_is_idempotent(bus: Bus) -> None:
+    again = await provision(bus.js)
+    assert set(again.values()) == {"unchanged"}
+    assert s.STREAM_K8S in again and "KV_WEIR_LEADER" in again
+    info = await bus.js.stream_info(s.STREAM_K8S)
+    assert info.config.max_msgs_per_subject == K8S_HISTORY
+    assert info.config.duplicate_window == pytest.approx(120.0)
+    leader = await bus.js.stream_info("KV_WEIR_LEADER")
+    assert leader.config.max_age == pytest.approx(5.0)
+
+
+async def test_provision_updates_changed_config(bus: Bus) -> None:
+    await bus.js.update_stream(
+        (await bus.js.stream_info(s.STREAM_K8S)).config.evolve(max_msgs_per_subject=3)
+    )
+    await bus.js.update_stream(
+        (await bus.js.stream_info("KV_WEIR_LEADER")).config.evolve(max_age=60.0)
+    )
+    outcome = await provision(bus.js)
+    assert outcome[s.STREAM_K8S] == "updated"
+    assert outcome["KV_WEIR_LEADER"] == "updated"
+    assert outcome[s.STREAM_FLOWS] == "unchanged"
+    assert (await bus.js.stream_info(s.STREAM_K8S)).config.max_msgs_per_subject == K8S_HISTORY
+    assert (await bus.js.stream_info("KV_WEIR_LEADER")).config.max_age == pytest.approx(5.0)
+
+
+async def test_provision_reports_unchangeable_field(bus: Bus) -> None:
+    await bus.js.delete_stream(s.STREAM_STATUS)
+    await bus.js.add_stream(
+        StreamConfig(
+            name=s.STREAM_STATUS, subjects=["weir.v1.status.>"], storage=StorageType.MEMORY
+        )
+    )
+    with pytest.raises(ProvisionError, match=r"WEIR_STATUS.*storage"):
+        await provision(bus.js)
+
+
+async def test_publish_dedups_by_msg_id(bus: Bus) -> None:
+    subject = s.k8s_subject("service", "default", "web")
+    first = await publish(bus.js, subject, b"v1", msg_id="svc-default-web-1")
+    second = await publish(bus.js, subject, b"v1", msg_id="svc-default-web-1")
+    third = await publish(bus.js, subject, b"v2", msg_id="svc-default-web-2")
+    assert not first.duplicate and second.duplicate and not third.duplicate
+    assert second.seq == first.seq
+    info = await bus.js.stream_info(s.STREAM_K8S)
+    assert info.state.messages == 2
+
+
+async def test_publish_batch_pipelines_in_order(bus: Bus) -> None:
+    items = [
+        Outgoing(s.k8s_subject("pod", "ns", f"p{i}"), f"{i}".encode(), f"pod-{i}")
+        for i in range(500)
+    ]
+    acks = await publish_batch(bus.js, items, window=64)
+    assert len(acks) == 500 and len({a.seq for a in acks}) == 500
+    again = await publish_batch(bus.js, items[:10], window=4)
+    assert all(a.duplicate for a in again)
+    assert (await bus.js.stream_info(s.STREAM_K8S)).state.messages == 500
+
+
+async def test_consume_acks_only_after_handler_success(bus: Bus) -> None:
+    for i in range(5):
+        await publish(bus.js, s.k8s_subject("pod", "ns", f"p{i}"), f"{i}".encode(), msg_id=f"m{i}")
+    attempts: dict[str, int] = {}
+    done: list[str] = []
+    finished = asyncio.Event()
+
+    async def handler(msg: Msg) -> None:
+        attempts[msg.subject] = attempts.get(msg.subject, 0) + 1
+        if msg.data == b"2" and attempts[msg.subject] < 3:
+            raise RuntimeError("transient failure")
+        done.append(msg.data.decode())
+        if len(done) == 5:
+            finished.set()
+
+    task = asyncio.create_task(
+        consume(
+            bus.js,
+            stream=s.STREAM_K8S,
+            durable="t-ack",
+            filter_subjects=[s.k8s_filter("pod")],
+            handler=handler,
+            batch=2,
+            fetch_timeout=0.2,
+            nak_delay=0.05,
+        )
+    )
+    try:
+        await asyncio.wait_for(finished.wait(), 10)
+        await asyncio.sleep(0.3)  # let the last ack reach the server
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert sorted(done) == ["0", "1", "2", "3", "4"]
+    assert attempts[s.k8s_subject("pod", "ns", "p2")] == 3
+    info = await bus.js.consumer_info(s.STREAM_K8S, "t-ack")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+    assert info.delivered.stream_seq == 5 and info.ack_floor.stream_seq == 5
+
+
+async def test_consume_terminates_poison_after_max_deliver(bus: Bus) -> None:
+    await publish(bus.js, s.k8s_subject("pod", "ns", "bad"), b"bad", msg_id="bad")
+    await publish(bus.js, s.k8s_subject("pod", "ns", "good"), b"good", msg_id="good")
+    seen: list[bytes] = []
+    good = asyncio.Event()
+
+    async def handler(msg: Msg) -> None:
+        seen.append(msg.data)
+        if msg.data == b"bad":
+            raise ValueError("cannot parse")
+        good.set()
+
+    task = asyncio.create_task(
+        consume(
+            bus.js,
+            stream=s.STREAM_K8S,
+            durable="t-poison",
+            filter_subjects=[s.k8s_filter()],
+            handler=handler,
+            fetch_timeout=0.2,
+            max_deliver=3,
+            nak_delay=0.01,
+        )
+    )
+    try:
+        await asyncio.wait_for(good.wait(), 10)
+        for _ in range(100):
+            if seen.count(b"bad") >= 3:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert seen.count(b"bad") == 3
+    info = await bus.js.consumer_info(s.STREAM_K8S, "t-poison")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_last_per_subject_returns_latest_including_tombstones(bus: Bus) -> None:
+    a = s.k8s_subject("service", "default", "a")
+    b = s.k8s_subject("service", "default", "b.with.dots")
+    c = s.k8s_subject("service", "other", "c")
+    await publish(bus.js, a, b"a1", msg_id="a1")
+    await publish(bus.js, b, b"b1", msg_id="b1")
+    await publish(bus.js, a, b"a2", msg_id="a2")
+    await publish(bus.js, b, b"DELETE", msg_id="b-del")
+    await publish(bus.js, c, b"c1", msg_id="c1")
+    await publish(bus.js, s.k8s_subject("pod", "default", "x"), b"p", msg_id="p")
+    snap = await last_per_subject(bus.js, s.STREAM_K8S, s.k8s_filter("service"))
+    assert [(m.subject, m.data) for m in snap.messages] == [
+        (a, b"a2"),
+        (b, b"DELETE"),
+        (c, b"c1"),
+    ]
+    assert snap.sequence == 6
+    msgs, seq = await last_per_subject(bus.js, s.STREAM_K8S, s.k8s_filter("node"))
+    assert msgs == [] and seq == 6
+    consumers = await bus.js.consumers_info(s.STREAM_K8S)
+    assert consumers == []
