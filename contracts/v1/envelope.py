@@ -1,0 +1,103 @@
+"""The K8sEvent envelope: one Kubernetes object change as published on ``weir.v1.k8s.*``.
+
+The envelope carries identity and ordering (kind, namespace, name, uid, resourceVersion) next to
+the normalised payload, so a consumer can key its state by subject and drop stale versions without
+looking inside the payload. DELETE events are tombstones on the object's own subject; their
+payload is optional (the last known state when the producer had it).
+
+``msg_id()`` is the JetStream ``Nats-Msg-Id``: ``{kind}/{namespace}/{name}/{uid}/{rv}/{op}``
+(namespace ``-`` when cluster-scoped). A relist or a restarted watcher republishes the same object
+version with the same id, so JetStream's duplicate window drops it. Names, namespaces and kinds
+cannot contain ``/``, so the id is unambiguous.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Final, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from contracts.subjects import CLUSTER_SCOPED_KINDS, k8s_subject
+from contracts.v1.endpointslice import EndpointSlice
+from contracts.v1.errors import FieldIssue
+from contracts.v1.meta import Model, NonEmptyStr, check_dns_label, check_dns_subdomain
+from contracts.v1.namespace import Namespace
+from contracts.v1.networkpolicy import NetworkPolicy
+from contracts.v1.node import Node
+from contracts.v1.pod import Pod
+from contracts.v1.service import Service
+
+API_VERSION: Final = "weir.v1"
+Kind = Literal["service", "endpointslice", "pod", "namespace", "node", "networkpolicy"]
+Payload = Annotated[
+    Service | EndpointSlice | Pod | Namespace | Node | NetworkPolicy,
+    Field(discriminator="kind"),
+]
+# Kinds whose object names must be DNS-1123 labels; every other kind allows subdomains.
+LABEL_NAMED_KINDS = frozenset({"service", "namespace"})
+
+
+class Op(StrEnum):
+    UPSERT = "UPSERT"
+    DELETE = "DELETE"
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{value.isoformat()} has no time zone (must be UTC)")
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+
+def check_object_name(kind: str, name: str) -> str:
+    """Kubernetes name rules: DNS-1123 label for services and namespaces, else subdomain."""
+    return str(check_dns_label(name) if kind in LABEL_NAMED_KINDS else check_dns_subdomain(name))
+
+
+class K8sEvent(Model):
+    api_version: Literal["weir.v1"] = "weir.v1"
+    kind: Kind
+    op: Op
+    namespace: str | None = Field(description="None for cluster-scoped kinds")
+    name: NonEmptyStr
+    uid: NonEmptyStr
+    resource_version: NonEmptyStr
+    observed_at: UtcDatetime
+    producer: NonEmptyStr
+    object: Payload | None = Field(default=None, description="required for UPSERT")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> K8sEvent:
+        if self.kind in CLUSTER_SCOPED_KINDS and self.namespace is not None:
+            raise FieldIssue(f"a {self.kind} is cluster-scoped and has no namespace", "namespace")
+        if self.kind not in CLUSTER_SCOPED_KINDS:
+            if self.namespace is None:
+                raise FieldIssue(f"a {self.kind} needs a namespace", "namespace")
+            try:
+                check_dns_label(self.namespace)
+            except ValueError as exc:
+                raise FieldIssue(str(exc), "namespace") from None
+        try:
+            check_object_name(self.kind, self.name)
+        except ValueError as exc:
+            raise FieldIssue(str(exc), "name") from None
+        if self.op is Op.UPSERT and self.object is None:
+            raise FieldIssue("an UPSERT event needs the object", "object")
+        if self.object is not None and self.object.kind != self.kind:
+            raise FieldIssue(
+                f"object kind {self.object.kind!r} does not match event kind {self.kind!r}",
+                "object",
+            )
+        return self
+
+    def subject(self) -> str:
+        return k8s_subject(self.kind, self.namespace, self.name)
+
+    def msg_id(self) -> str:
+        """Deterministic JetStream dedup id (see the module docstring)."""
+        ns = self.namespace or "-"
+        return f"{self.kind}/{ns}/{self.name}/{self.uid}/{self.resource_version}/{self.op.value}"

@@ -1,0 +1,212 @@
+"""Validated scalar types shared by every v1 model: addresses, ports, protocols, names, labels.
+
+The contract is stricter than "whatever the API server stored" on purpose: the datapath writes
+these values into eBPF maps and the identity allocator hashes labels, so every value is checked
+once, here, and stored in canonical form (``ipaddress`` string form, sorted label maps). The
+rules follow Kubernetes' own validation (apimachinery ``validation.go``), so a valid cluster
+object always passes. Validators raise ``ValueError`` with a message that quotes the bad value;
+the converter prefixes it with the object and the Kubernetes field path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+
+from contracts.v1.errors import FieldIssue
+
+MAX_LABELS: Final = 64
+MAX_LABELS_BYTES: Final = 8192
+
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_IANA_SVC_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+
+
+class Model(BaseModel):
+    """Base of every contract model: immutable, unknown fields rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _canonical_ip(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            pass
+    raise ValueError(f"{_short(value)} is not a valid IP address")
+
+
+def _canonical_ipv4(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            return str(ipaddress.IPv4Address(value))
+        except ValueError:
+            pass
+    raise ValueError(f"{_short(value)} is not a valid IPv4 address")
+
+
+def _canonical_ipv6(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            return str(ipaddress.IPv6Address(value))
+        except ValueError:
+            pass
+    raise ValueError(f"{_short(value)} is not a valid IPv6 address")
+
+
+def _canonical_cidr(value: Any) -> str:
+    if isinstance(value, str) and "/" in value:
+        try:
+            return str(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            pass
+    raise ValueError(f"{_short(value)} is not a valid CIDR (address/prefix-length)")
+
+
+def _matcher(pattern: re.Pattern[str], max_len: int, what: str) -> Any:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"{_short(value)} is not a string ({what})")
+        if len(value) > max_len:
+            raise ValueError(f"{_short(value)} is longer than {max_len} characters ({what})")
+        if not pattern.fullmatch(value):
+            raise ValueError(f"{_short(value)} is not a valid {what}")
+        return value
+
+    return check
+
+
+check_dns_label = _matcher(_DNS_LABEL, 63, "DNS-1123 label")
+check_dns_subdomain = _matcher(_DNS_SUBDOMAIN, 253, "DNS-1123 subdomain")
+
+
+def check_label_key(key: Any) -> str:
+    """Kubernetes qualified name: optional DNS-subdomain prefix ``/`` name (<= 63)."""
+    if not isinstance(key, str):
+        raise ValueError(f"label key {_short(key)} is not a string")
+    prefix, sep, name = key.rpartition("/")
+    if sep and (not prefix or "/" in prefix):
+        raise ValueError(f"label key {_short(key)} must be 'prefix/name' or 'name'")
+    if sep and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        raise ValueError(
+            f"label key {_short(key)}: prefix must be a DNS-1123 subdomain of at most 253"
+            " characters"
+        )
+    if len(name) > 63:
+        raise ValueError(f"label key {_short(key)}: name is longer than 63 characters")
+    if not _LABEL_NAME.fullmatch(name):
+        raise ValueError(
+            f"label key {_short(key)}: name must be alphanumerics, '-', '_' or '.',"
+            " starting and ending with an alphanumeric"
+        )
+    return key
+
+
+def check_label_value(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"label value {_short(value)} is not a string")
+    if len(value) > 63:
+        raise ValueError(f"label value {_short(value)} is longer than 63 characters")
+    if value and not _LABEL_NAME.fullmatch(value):
+        raise ValueError(
+            f"label value {_short(value)} must be empty or alphanumerics, '-', '_' or '.',"
+            " starting and ending with an alphanumeric"
+        )
+    return value
+
+
+def _check_labels(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{_short(value)} is not a map of labels")
+    if len(value) > MAX_LABELS:
+        raise ValueError(f"{len(value)} labels exceed the limit of {MAX_LABELS} labels per object")
+    size = 0
+    for key, val in value.items():
+        try:
+            check_label_key(key)
+            check_label_value(val)
+        except ValueError as exc:
+            raise FieldIssue(str(exc), str(key)) from None
+        size += len(key) + len(val)
+    if size > MAX_LABELS_BYTES:
+        raise ValueError(
+            f"labels total {size} bytes, more than the limit of {MAX_LABELS_BYTES} bytes"
+        )
+    return dict(sorted(value.items()))
+
+
+def _check_port_name(value: Any) -> str:
+    """IANA service name, as used for named container and target ports (<= 15 chars)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{_short(value)} is not a valid port name")
+    if len(value) > 15 or not _IANA_SVC_NAME.fullmatch(value) or "--" in value:
+        raise ValueError(f"{_short(value)} is not a valid port name (IANA service name)")
+    if not any(c.isalpha() for c in value):
+        raise ValueError(f"{_short(value)} is not a valid port name (needs a letter)")
+    return value
+
+
+def _check_port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"{_short(value)} is not a valid port (1..65535)")
+    return value
+
+
+def _check_port_or_name(value: Any) -> int | str:
+    """A numeric port (1..65535) or a named port; digit strings are rejected as ambiguous."""
+    if isinstance(value, str):
+        return _check_port_name(value)
+    return _check_port(value)
+
+
+IPAddress = Annotated[str, BeforeValidator(_canonical_ip), Field(description="IP address")]
+IPv4Address = Annotated[str, BeforeValidator(_canonical_ipv4), Field(description="IPv4 address")]
+IPv6Address = Annotated[str, BeforeValidator(_canonical_ipv6), Field(description="IPv6 address")]
+CIDR = Annotated[str, BeforeValidator(_canonical_cidr), Field(description="IP prefix, canonical")]
+Port = Annotated[int, BeforeValidator(_check_port), Field(ge=1, le=65535)]
+PortName = Annotated[str, BeforeValidator(_check_port_name), Field(max_length=15)]
+PortOrName = Annotated[int | str, BeforeValidator(_check_port_or_name)]
+DNSLabel = Annotated[str, BeforeValidator(check_dns_label), Field(max_length=63)]
+DNSSubdomain = Annotated[str, BeforeValidator(check_dns_subdomain), Field(max_length=253)]
+Labels = Annotated[
+    dict[str, str],
+    BeforeValidator(_check_labels),
+    Field(max_length=MAX_LABELS, description="Kubernetes labels, sorted by key"),
+]
+StrictBool = Annotated[bool, Strict()]
+Count = Annotated[int, Strict(), Field(ge=0)]
+Protocol = Literal["TCP", "UDP", "SCTP"]
+NonEmptyStr = Annotated[str, Strict(), Field(min_length=1)]
+
+
+__all__ = [
+    "CIDR",
+    "MAX_LABELS",
+    "MAX_LABELS_BYTES",
+    "Count",
+    "DNSLabel",
+    "DNSSubdomain",
+    "IPAddress",
+    "IPv4Address",
+    "IPv6Address",
+    "Labels",
+    "Model",
+    "NonEmptyStr",
+    "Port",
+    "PortName",
+    "PortOrName",
+    "Protocol",
+    "StrictBool",
+]

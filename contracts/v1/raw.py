@@ -1,0 +1,147 @@
+"""Reading raw Kubernetes JSON while remembering where every value came from.
+
+Conversion is split in two pure steps: a converter *reshapes* the camelCase object into the
+snake_case model input (structure only, through :class:`Src`, which type-checks containers), and
+pydantic *validates* the values. To name the Kubernetes field in errors, the reshaped input is
+built as a tree of :class:`Out` nodes that record the source path of every value; a pydantic
+error location (a path in *our* model) is walked through that tree back to the Kubernetes path
+(:func:`locate`). This keeps one source of truth for validation (the models) while errors still
+read ``spec.ports[0].port``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class RawError(Exception):
+    """Structural problem at ``path``; converted to ContractError by the caller."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+def _type_name(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+class Src:
+    """A read-only view of one raw JSON object at a dotted path."""
+
+    def __init__(self, data: Mapping[str, Any], path: str = "") -> None:
+        self.data = data
+        self.path = path
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.data.get(key)
+        return default if value is None else value
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def obj(self, key: str) -> Src:
+        """The nested object at ``key`` (empty when absent)."""
+        value = self.data.get(key)
+        if value is None:
+            return Src({}, self.at(key))
+        if not isinstance(value, Mapping):
+            raise RawError(self.at(key), f"expected an object, got {_type_name(value)}")
+        return Src(value, self.at(key))
+
+    def items(self, key: str) -> list[Src]:
+        """The list of objects at ``key`` (empty when absent)."""
+        path = self.at(key)
+        out: list[Src] = []
+        for i, item in enumerate(self.values(key)):
+            if not isinstance(item, Mapping):
+                raise RawError(f"{path}[{i}]", f"expected an object, got {_type_name(item)}")
+            out.append(Src(item, f"{path}[{i}]"))
+        return out
+
+    def values(self, key: str) -> list[Any]:
+        """The list at ``key`` (empty when absent); items are not checked."""
+        value = self.data.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise RawError(self.at(key), f"expected a list, got {_type_name(value)}")
+        return value
+
+    def string(self, key: str) -> str | None:
+        value = self.data.get(key)
+        if value is None or isinstance(value, str):
+            return value
+        raise RawError(self.at(key), f"expected a string, got {_type_name(value)}")
+
+
+class At:
+    """A leaf value whose source path differs from its container's (e.g. one of a list)."""
+
+    def __init__(self, value: Any, path: str) -> None:
+        self.value = value
+        self.path = path
+
+
+class Out:
+    """Model input under construction, with the Kubernetes path of every field."""
+
+    def __init__(self, path: str = "") -> None:
+        self.path = path
+        self.values: dict[str, Any] = {}
+        self.paths: dict[str, str] = {}
+
+    def put(self, key: str, value: Any, path: str) -> None:
+        """Set ``key``; None means "use the model default" and is left out."""
+        self.paths[key] = path
+        if value is not None:
+            self.values[key] = value
+
+    def take(self, key: str, src: Src, raw_key: str) -> None:
+        self.put(key, src.get(raw_key), src.at(raw_key))
+
+    def build(self) -> dict[str, Any]:
+        return {key: _build(value) for key, value in self.values.items()}
+
+
+def _build(value: Any) -> Any:
+    if isinstance(value, Out):
+        return value.build()
+    if isinstance(value, At):
+        return _build(value.value)
+    if isinstance(value, list):
+        return [_build(v) for v in value]
+    return value
+
+
+def locate(root: Out, loc: tuple[str | int, ...]) -> str:
+    """Map a location in the model input back to the Kubernetes path it came from."""
+    node: Any = root
+    path = root.path
+    rest = list(loc)
+    while rest:
+        part = rest[0]
+        if isinstance(node, Out) and isinstance(part, str) and part in node.paths:
+            path, node = node.paths[part], node.values.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            path = node.path if isinstance(node, At | Out) else f"{path}[{part}]"
+        else:
+            break
+        if isinstance(node, At):
+            node = node.value
+        rest.pop(0)
+    for part in rest:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(node, Mapping) and part in node:
+            path += f"[{part}]"
+            break
+    return path
