@@ -1,0 +1,211 @@
+"""In-memory LBMap implementations: a faithful fake and a fault-injecting wrapper.
+
+The reconciler's correctness rests on the order of its writes, not on bcc, so most tests run
+against :class:`FakeLBMap`: three dicts with the same capacity semantics as the kernel maps (a new
+key beyond ``max_entries`` raises :class:`MapFullError`; updating an existing key always works).
+Batches are applied one entry at a time, exactly like a syscall loop, and an ``on_write`` hook
+fires after every single entry so an invariant test can inspect the maps at each instant a
+datapath could look at them.
+
+:class:`FaultyLBMap` wraps any LBMap (fake or real) and makes chosen entry writes fail, so tests
+can prove that the next sync converges after a failure anywhere in a plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Literal, TypeVar
+
+from services.datapath.lbmap import (
+    BackendValue,
+    LBMap,
+    LBMapState,
+    MapError,
+    MapFullError,
+    RevNatValue,
+    ServiceKey,
+    ServiceValue,
+)
+
+MAP_SERVICES = "services"
+MAP_BACKENDS = "backends"
+MAP_REVNAT = "revnat"
+MAP_NAMES = (MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT)
+
+DEFAULT_CAPACITY = {MAP_SERVICES: 65536, MAP_BACKENDS: 65536, MAP_REVNAT: 65536}
+
+WriteHook = Callable[[str, LBMapState], None]
+Op = Literal["update", "delete"]
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FakeLBMap:
+    """Three dicts behind the LBMap protocol, with kernel-like capacity limits."""
+
+    def __init__(
+        self,
+        capacity: Mapping[str, int] | None = None,
+        on_write: WriteHook | None = None,
+    ) -> None:
+        self.capacity = {**DEFAULT_CAPACITY, **(capacity or {})}
+        self.state = LBMapState()
+        self.on_write = on_write
+        self.writes = 0  # single-entry writes performed (updates + deletes of present keys)
+
+    def _update(self, name: str, table: dict[K, V], items: Mapping[K, V]) -> None:
+        for key, value in items.items():
+            if key not in table and len(table) >= self.capacity[name]:
+                raise MapFullError(name, f"no room for {key!r} ({self.capacity[name]} entries)")
+            table[key] = value
+            self._written(name)
+
+    def _delete(self, name: str, table: dict[K, V], keys: Iterable[K]) -> None:
+        for key in keys:
+            if table.pop(key, None) is not None:
+                self._written(name)
+
+    def _written(self, name: str) -> None:
+        self.writes += 1
+        if self.on_write is not None:
+            self.on_write(name, self.state)
+
+    def update_backends(self, items: Mapping[int, BackendValue]) -> None:
+        self._update(MAP_BACKENDS, self.state.backends, items)
+
+    def delete_backends(self, ids: Iterable[int]) -> None:
+        self._delete(MAP_BACKENDS, self.state.backends, ids)
+
+    def update_services(self, items: Mapping[ServiceKey, ServiceValue]) -> None:
+        self._update(MAP_SERVICES, self.state.services, items)
+
+    def delete_services(self, keys: Iterable[ServiceKey]) -> None:
+        self._delete(MAP_SERVICES, self.state.services, keys)
+
+    def update_revnat(self, items: Mapping[int, RevNatValue]) -> None:
+        self._update(MAP_REVNAT, self.state.revnat, items)
+
+    def delete_revnat(self, ids: Iterable[int]) -> None:
+        self._delete(MAP_REVNAT, self.state.revnat, ids)
+
+    def dump(self) -> LBMapState:
+        return LBMapState(
+            services=dict(self.state.services),
+            backends=dict(self.state.backends),
+            revnat=dict(self.state.revnat),
+        )
+
+    def fill(self) -> dict[str, tuple[int, int]]:
+        sizes = {
+            MAP_SERVICES: len(self.state.services),
+            MAP_BACKENDS: len(self.state.backends),
+            MAP_REVNAT: len(self.state.revnat),
+        }
+        return {name: (n, self.capacity[name]) for name, n in sizes.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Which entry writes fail. ``nth`` counts matching entry writes from 1 (None: every match);
+    ``full`` raises MapFullError instead of a plain MapError; ``times`` bounds how often it fires
+    (None: forever)."""
+
+    map_name: str | None = None
+    op: Op | None = None
+    nth: int | None = None
+    full: bool = False
+    times: int | None = 1
+
+
+class FaultyLBMap:
+    """Wraps an LBMap and raises on chosen entry writes; writes before the failing one land."""
+
+    def __init__(self, inner: LBMap, faults: Iterable[Fault] = ()) -> None:
+        self.inner = inner
+        self.faults = list(faults)
+        self._seen = [0] * len(self.faults)
+        self._fired = [0] * len(self.faults)
+        self.raised = 0
+
+    def add(self, fault: Fault) -> None:
+        self.faults.append(fault)
+        self._seen.append(0)
+        self._fired.append(0)
+
+    def clear(self) -> None:
+        self.faults, self._seen, self._fired = [], [], []
+
+    def _check(self, name: str, op: Op) -> None:
+        for i, fault in enumerate(self.faults):
+            if fault.map_name not in (None, name) or fault.op not in (None, op):
+                continue
+            self._seen[i] += 1
+            if fault.times is not None and self._fired[i] >= fault.times:
+                continue
+            if fault.nth is None or self._seen[i] == fault.nth:
+                self._fired[i] += 1
+                self.raised += 1
+                if fault.full:
+                    raise MapFullError(name, "injected: map full")
+                raise MapError(name, f"injected: {op} failed")
+
+    def update_backends(self, items: Mapping[int, BackendValue]) -> None:
+        for k, v in items.items():
+            self._check(MAP_BACKENDS, "update")
+            self.inner.update_backends({k: v})
+
+    def delete_backends(self, ids: Iterable[int]) -> None:
+        for k in ids:
+            self._check(MAP_BACKENDS, "delete")
+            self.inner.delete_backends([k])
+
+    def update_services(self, items: Mapping[ServiceKey, ServiceValue]) -> None:
+        for k, v in items.items():
+            self._check(MAP_SERVICES, "update")
+            self.inner.update_services({k: v})
+
+    def delete_services(self, keys: Iterable[ServiceKey]) -> None:
+        for k in keys:
+            self._check(MAP_SERVICES, "delete")
+            self.inner.delete_services([k])
+
+    def update_revnat(self, items: Mapping[int, RevNatValue]) -> None:
+        for k, v in items.items():
+            self._check(MAP_REVNAT, "update")
+            self.inner.update_revnat({k: v})
+
+    def delete_revnat(self, ids: Iterable[int]) -> None:
+        for k in ids:
+            self._check(MAP_REVNAT, "delete")
+            self.inner.delete_revnat([k])
+
+    def dump(self) -> LBMapState:
+        return self.inner.dump()
+
+    def fill(self) -> dict[str, tuple[int, int]]:
+        return self.inner.fill()
+
+
+def check_consistent(state: LBMapState) -> list[str]:
+    """The datapath invariant: every master's count points only at written slots whose backends
+    exist, and its reverse-NAT entry exists. Returns the violations (empty when consistent)."""
+    problems: list[str] = []
+    for key, value in state.services.items():
+        if key.slot != 0:
+            continue
+        for slot in range(1, value.count + 1):
+            sk = replace(key, slot=slot)
+            sv = state.services.get(sk)
+            if sv is None:
+                problems.append(
+                    f"{key.vip}:{key.port}/{key.proto}: count {value.count} but slot {slot} missing"
+                )
+            elif sv.backend_id not in state.backends:
+                problems.append(
+                    f"{key.vip}:{key.port}/{key.proto}: slot {slot} -> backend "
+                    f"{sv.backend_id} missing"
+                )
+        if value.rev_nat_id not in state.revnat:
+            problems.append(f"{key.vip}:{key.port}/{key.proto}: rev_nat {value.rev_nat_id} missing")
+    return problems

@@ -1,0 +1,276 @@
+"""Desired load-balancing state from Services and EndpointSlices: kube-proxy's semantics, pure.
+
+Which endpoints a node may use for a frontend is the part of a kube-proxy replacement that users
+notice when it is wrong, so it lives here with no I/O and is table-tested. The rules follow
+kube-proxy (``pkg/proxy/topology.go`` CategorizeEndpoints and ``endpointslicecache.go``):
+
+* ready endpoints are used; if none is ready, serving+terminating ones are (state TERMINATING);
+* ``publishNotReadyAddresses`` makes every endpoint count as ready;
+* traffic policy Local (internal for cluster IPs, external for external and LB IPs) keeps only
+  endpoints on this node, with the same ready -> terminating fallback but never a fallback to
+  remote endpoints: none local means the frontend refuses connections;
+* a service port's backend port comes from the slice port of the same name and protocol (the
+  EndpointSlice controller has resolved named target ports there); numeric target ports are used
+  for slices that list no ports;
+* headless and ExternalName services get no frontend; endpoints are deduplicated across slices
+  (a ready copy wins); only the first address of an endpoint counts, only IPv4 is programmed.
+
+:class:`DesiredState` keeps the objects and recomputes only the services touched since the last
+:meth:`DesiredState.flush`, so one change costs one service, not the cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from contracts.v1.endpointslice import Endpoint, EndpointSlice
+from contracts.v1.envelope import K8sEvent, Op
+from contracts.v1.service import Service, ServicePort
+from services.datapath.frontend import Backend, BackendAddr, Frontend, FrontendSpec
+from services.datapath.lbmap import PROTO_NUMBERS, BackendState, ServiceFlags
+
+ServiceRef = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One endpoint of one service port, after port resolution and deduplication."""
+
+    ip: str
+    port: int
+    ready: bool
+    serving: bool
+    terminating: bool
+    node_name: str | None = None
+
+    def rank(self) -> int:
+        return 0 if self.ready else 1 if self.serving else 2
+
+
+def select_endpoints(
+    candidates: Iterable[Candidate], *, node: str, local_only: bool, publish_not_ready: bool
+) -> list[tuple[Candidate, BackendState]]:
+    """CategorizeEndpoints for one policy: ready first, else serving+terminating; Local keeps
+    only this node's endpoints and never falls back to remote ones."""
+    pool = [c for c in candidates if not local_only or c.node_name == node]
+    ready = [c for c in pool if publish_not_ready or c.ready]
+    if ready:
+        return [(c, BackendState.ACTIVE) for c in ready]
+    return [(c, BackendState.TERMINATING) for c in pool if c.serving and c.terminating]
+
+
+def _is_ipv4(ip: str) -> bool:
+    return ":" not in ip
+
+
+def port_candidates(
+    ref: ServiceRef, sp: ServicePort, slices: Iterable[tuple[str, EndpointSlice]]
+) -> tuple[list[Candidate], list[str]]:
+    """Deduplicated candidates of one service port across the service's slices (by name)."""
+    errors: list[str] = []
+    want_name = sp.name or ""
+    best: dict[str, Candidate] = {}
+    for slice_name, es in sorted(slices, key=lambda x: x[0]):
+        if es.address_type != "IPv4" or not es.endpoints:
+            continue
+        port: int | None = None
+        for p in es.ports:
+            if (p.name or "") == want_name and p.protocol == sp.protocol:
+                port = p.port
+                break
+        else:
+            if not es.ports and isinstance(sp.target_port, int):
+                port = sp.target_port
+            elif not es.ports:
+                errors.append(
+                    f"service {ref[0]}/{ref[1]}: ports[{want_name or 0}].targetPort "
+                    f"{sp.target_port!r} is named but endpointslice {slice_name} lists no ports"
+                )
+        if port is None:
+            continue
+        for ep in es.endpoints:
+            cand = _candidate(ep, port)
+            if cand is None:
+                continue
+            old = best.get(cand.ip)
+            if old is None or cand.rank() < old.rank():
+                best[cand.ip] = cand
+    return [best[ip] for ip in sorted(best)], errors
+
+
+def _candidate(ep: Endpoint, port: int) -> Candidate | None:
+    ip = ep.addresses[0]
+    if not _is_ipv4(ip):
+        return None
+    c = ep.conditions
+    return Candidate(ip, port, c.ready, c.serving, c.terminating, ep.node_name)
+
+
+def service_frontends(
+    ref: ServiceRef, svc: Service, slices: Iterable[tuple[str, EndpointSlice]], node: str
+) -> tuple[dict[Frontend, FrontendSpec], list[str]]:
+    """Every frontend of one service with its backends as seen from ``node``, and the problems
+    found (each naming the service and the field)."""
+    if svc.headless or svc.type == "ExternalName":
+        return {}, []
+    slices = list(slices)
+    errors: list[str] = []
+    internal = [ip for ip in svc.cluster_ips if _is_ipv4(ip)]
+    external = [
+        ip
+        for ip in dict.fromkeys([*svc.external_ips, *svc.load_balancer_ips])
+        if _is_ipv4(ip) and ip not in internal
+    ]
+    affinity = svc.session_affinity == "ClientIP"
+    base = ServiceFlags.SESSION_AFFINITY if affinity else ServiceFlags.NONE
+    timeout = svc.session_affinity_timeout_seconds if affinity else 0
+    out: dict[Frontend, FrontendSpec] = {}
+    for sp in svc.ports:
+        proto = PROTO_NUMBERS[sp.protocol]
+        candidates, errs = port_candidates(ref, sp, slices)
+        errors.extend(errs)
+        for vips, policy in (
+            (internal, svc.internal_traffic_policy),
+            (external, svc.external_traffic_policy),
+        ):
+            if not vips:
+                continue
+            local = policy == "Local"
+            chosen = select_endpoints(
+                candidates,
+                node=node,
+                local_only=local,
+                publish_not_ready=svc.publish_not_ready_addresses,
+            )
+            backends = tuple(
+                sorted(Backend(BackendAddr(c.ip, c.port, proto), state) for c, state in chosen)
+            )
+            flags = base | (ServiceFlags.LOCAL_ONLY if local else ServiceFlags.NONE)
+            spec = FrontendSpec(
+                backends=backends,
+                flags=ServiceFlags(flags),
+                affinity_timeout=timeout,
+                service=f"{ref[0]}/{ref[1]}",
+                port_name=sp.name or "",
+            )
+            for vip in vips:
+                out[Frontend(vip, sp.port, proto)] = spec
+    return out, errors
+
+
+class DesiredState:
+    """The Services and EndpointSlices seen so far and the frontends they yield on one node."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.services: dict[ServiceRef, Service] = {}
+        self.slices: dict[ServiceRef, EndpointSlice] = {}  # (namespace, slice name)
+        self._slice_owner: dict[ServiceRef, ServiceRef] = {}
+        self._slices_of: dict[ServiceRef, set[str]] = {}
+        self._owned: dict[ServiceRef, dict[Frontend, FrontendSpec]] = {}
+        self._claims: dict[Frontend, set[ServiceRef]] = {}
+        self.frontends: dict[Frontend, FrontendSpec] = {}
+        self.errors: dict[ServiceRef, list[str]] = {}
+        self._dirty: set[ServiceRef] = set()
+
+    def apply(self, event: K8sEvent) -> bool:
+        """Absorb one event; False for kinds the datapath does not use."""
+        ns = event.namespace or ""
+        if event.kind == "service":
+            if event.op is Op.DELETE:
+                self.delete_service(ns, event.name)
+            elif isinstance(event.object, Service):
+                self.upsert_service(ns, event.name, event.object)
+            return True
+        if event.kind == "endpointslice":
+            if event.op is Op.DELETE:
+                self.delete_slice(ns, event.name)
+            elif isinstance(event.object, EndpointSlice):
+                self.upsert_slice(ns, event.name, event.object)
+            return True
+        return False
+
+    def upsert_service(self, namespace: str, name: str, svc: Service) -> None:
+        self.services[(namespace, name)] = svc
+        self._dirty.add((namespace, name))
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        self.services.pop((namespace, name), None)
+        self._dirty.add((namespace, name))
+
+    def upsert_slice(self, namespace: str, name: str, es: EndpointSlice) -> None:
+        self.delete_slice(namespace, name)
+        owner = es.service_name
+        self.slices[(namespace, name)] = es
+        if owner:
+            self._slice_owner[(namespace, name)] = (namespace, owner)
+            self._slices_of.setdefault((namespace, owner), set()).add(name)
+            self._dirty.add((namespace, owner))
+
+    def delete_slice(self, namespace: str, name: str) -> None:
+        self.slices.pop((namespace, name), None)
+        owner = self._slice_owner.pop((namespace, name), None)
+        if owner is not None:
+            names = self._slices_of.get(owner, set())
+            names.discard(name)
+            if not names:
+                self._slices_of.pop(owner, None)
+            self._dirty.add(owner)
+
+    def slices_of(self, ref: ServiceRef) -> list[tuple[str, EndpointSlice]]:
+        names = self._slices_of.get(ref, set())
+        return [(n, self.slices[(ref[0], n)]) for n in sorted(names)]
+
+    def flush(self) -> set[Frontend]:
+        """Recompute the services touched since the last flush; return the frontends whose
+        desired spec may have changed (appeared, changed or vanished)."""
+        changed: set[Frontend] = set()
+        dirty, self._dirty = self._dirty, set()
+        for ref in sorted(dirty):
+            svc = self.services.get(ref)
+            new: dict[Frontend, FrontendSpec] = {}
+            self.errors.pop(ref, None)
+            if svc is not None:
+                new, errors = service_frontends(ref, svc, self.slices_of(ref), self.node)
+                if errors:
+                    self.errors[ref] = errors
+            old = self._owned.pop(ref, {})
+            if new:
+                self._owned[ref] = new
+            for fe in old.keys() - new.keys():
+                self._claims[fe].discard(ref)
+            for fe in new:
+                self._claims.setdefault(fe, set()).add(ref)
+            changed.update(old.keys() | new.keys())
+        for fe in changed:
+            self._resolve(fe)
+        return changed
+
+    def _resolve(self, fe: Frontend) -> None:
+        claims = self._claims.get(fe)
+        if not claims:
+            self._claims.pop(fe, None)
+            self.frontends.pop(fe, None)
+            return
+        self.frontends[fe] = self._owned[min(claims)][fe]
+
+    def problems(self) -> list[str]:
+        """Every current problem: per-service errors and frontends two services claim (the
+        service whose namespace/name sorts first serves it)."""
+        out = [msg for ref in sorted(self.errors) for msg in self.errors[ref]]
+        for fe in sorted(f for f, c in self._claims.items() if len(c) > 1):
+            winner, *losers = sorted(self._claims[fe])
+            out.extend(
+                f"service {ns}/{name}: frontend {fe} is already served by {winner[0]}/{winner[1]}"
+                for ns, name in losers
+            )
+        return out
+
+    def counts(self) -> Mapping[str, int]:
+        backends = {b.addr for spec in self.frontends.values() for b in spec.backends}
+        return {
+            "services": len(self._owned),
+            "frontends": len(self.frontends),
+            "backends": len(backends),
+        }

@@ -1,0 +1,292 @@
+"""Turn desired frontends into LBMap writes in the one order the datapath can tolerate.
+
+A connect() may look a service up between any two map writes, so every plan is a sequence of
+steps that keeps the maps consistent at each instant (checked after every single write by the
+invariant tests): (1) backends, (2) slots 1..n, (3) reverse NAT, (4) the master with its count,
+(5) trim stale slots beyond n, (6) delete vanished frontends master first, then their slots, then
+their reverse NAT, (7) delete backends nothing references any more.
+
+Planning (:func:`plan`) is pure apart from id allocation: it diffs the desired spec of each target
+frontend against the :class:`Realised` mirror, so re-applying the same state writes nothing.
+Slots are filled in backend-id order: ids are allocated monotonically, so a new backend usually
+lands in a new last slot and an unchanged frontend never moves. The :class:`Reconciler` executes
+plans, keeps the mirror current, and on a failed write resyncs from a dump and falls back to one
+plan per frontend so one full map or broken entry cannot block every other service; failed
+frontends stay pending and are retried by the next apply. ``prune`` (delete everything not
+desired, including orphans found in pinned maps) is only safe once the full desired state is
+known, so callers pass it only after a full sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from services.datapath.alloc import IdAllocator, IdSpaceExhaustedError
+from services.datapath.frontend import BackendAddr, Frontend, FrontendSpec
+from services.datapath.lbmap import (
+    BackendValue,
+    LBMap,
+    MapError,
+    MapFullError,
+    RevNatValue,
+    ServiceFlags,
+    ServiceKey,
+    ServiceValue,
+)
+from services.datapath.realised import Realised
+
+PHASES = (
+    "backends",
+    "slots",
+    "revnat",
+    "masters",
+    "trim",
+    "del-masters",
+    "del-slots",
+    "del-revnat",
+    "del-backends",
+)
+
+
+@dataclass(slots=True)
+class Step:
+    """One batch against one map; exactly one of the collections is non-empty."""
+
+    phase: str
+    backends: dict[int, BackendValue] = field(default_factory=dict)
+    services: dict[ServiceKey, ServiceValue] = field(default_factory=dict)
+    revnat: dict[int, RevNatValue] = field(default_factory=dict)
+    del_services: list[ServiceKey] = field(default_factory=list)
+    del_revnat: list[int] = field(default_factory=list)
+    del_backends: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return (
+            len(self.backends)
+            + len(self.services)
+            + len(self.revnat)
+            + len(self.del_services)
+            + len(self.del_revnat)
+            + len(self.del_backends)
+        )
+
+
+@dataclass(slots=True)
+class Plan:
+    steps: list[Step]
+
+    def writes(self) -> int:
+        return sum(len(s) for s in self.steps)
+
+
+def plan(
+    desired: Mapping[Frontend, FrontendSpec],
+    targets: Iterable[Frontend],
+    realised: Realised,
+    backend_ids: IdAllocator[BackendAddr],
+    revnat_ids: IdAllocator[Frontend],
+    *,
+    prune: bool = False,
+    orphan_backends: Iterable[int] = (),
+) -> Plan:
+    """Writes that take each target frontend from its realised to its desired state (absent
+    from ``desired`` = delete). ``prune`` also removes every reverse-NAT entry and backend that
+    no desired frontend uses. Raises MapFullError when an id space is exhausted."""
+    s = {phase: Step(phase) for phase in PHASES}
+    want_backends: dict[int, BackendValue] = {}
+    ref_delta: dict[int, int] = {}
+    for backend_id in orphan_backends:
+        ref_delta.setdefault(backend_id, 0)
+    present = realised.frontends()
+    try:
+        for fe in sorted(set(targets)):
+            old_slots = realised.slot_backends(fe)
+            for backend_id in old_slots.values():
+                ref_delta[backend_id] = ref_delta.get(backend_id, 0) - 1
+            spec = desired.get(fe)
+            if spec is None:
+                if fe in present or revnat_ids.get(fe) is not None:
+                    _plan_delete(fe, realised, revnat_ids, s)
+                continue
+            rid = revnat_ids.allocate(fe)
+            by_id: dict[int, BackendValue] = {}
+            for b in spec.backends:
+                bid = backend_ids.allocate(b.addr)
+                value = BackendValue(b.addr.ip, b.addr.port, b.addr.proto, b.state)
+                by_id[bid] = value
+                prev = want_backends.get(bid)
+                if prev is None or value.state < prev.state:
+                    want_backends[bid] = value
+            order = sorted(by_id)
+            for slot, bid in enumerate(order, start=1):
+                ref_delta[bid] = ref_delta.get(bid, 0) + 1
+                want = ServiceValue(backend_id=bid, rev_nat_id=rid)
+                if realised.slots.get(fe, {}).get(slot) != want:
+                    s["slots"].services[fe.key(slot)] = want
+            rn = RevNatValue(fe.vip, fe.port)
+            if realised.revnat.get(rid) != rn:
+                s["revnat"].revnat[rid] = rn
+            flags = spec.flags | (ServiceFlags.NO_BACKENDS if not order else ServiceFlags.NONE)
+            master = ServiceValue(
+                count=len(order),
+                rev_nat_id=rid,
+                flags=ServiceFlags(flags),
+                affinity_timeout=spec.affinity_timeout,
+            )
+            if realised.masters.get(fe) != master:
+                s["masters"].services[fe.key()] = master
+            s["trim"].del_services.extend(fe.key(n) for n in sorted(old_slots) if n > len(order))
+    except IdSpaceExhaustedError as exc:
+        raise MapFullError("backends" if "backend" in str(exc) else "revnat", str(exc)) from exc
+    for bid, value in sorted(want_backends.items()):
+        if realised.backends.get(bid) != value:
+            s["backends"].backends[bid] = value
+    candidates: Iterable[int] = ref_delta
+    if prune:
+        keep = {revnat_ids.get(fe) for fe in desired}
+        keep.update(s["del-revnat"].del_revnat)  # already deleted with their frontend
+        s["del-revnat"].del_revnat.extend(i for i in sorted(realised.revnat) if i not in keep)
+        candidates = set(ref_delta) | set(realised.backends)
+    for bid in sorted(candidates):
+        if bid in want_backends or bid not in realised.backends:
+            continue
+        if realised.refs.get(bid, 0) + ref_delta.get(bid, 0) <= 0:
+            s["del-backends"].del_backends.append(bid)
+    return Plan([s[p] for p in PHASES if len(s[p])])
+
+
+def _plan_delete(
+    fe: Frontend, realised: Realised, revnat_ids: IdAllocator[Frontend], s: dict[str, Step]
+) -> None:
+    master = realised.masters.get(fe)
+    if master is not None:
+        s["del-masters"].del_services.append(fe.key())
+    s["del-slots"].del_services.extend(fe.key(n) for n in sorted(realised.slot_backends(fe)))
+    allocated = revnat_ids.get(fe)
+    ids = {i for i in (allocated, master.rev_nat_id if master else None) if i is not None}
+    for rid in sorted(ids):
+        if rid in realised.revnat:
+            s["del-revnat"].del_revnat.append(rid)
+        elif rid == allocated:
+            revnat_ids.release_id(rid)  # allocated but never written: nothing to delete
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyError:
+    frontend: Frontend | None  # None: a cleanup step not tied to one frontend
+    map_name: str
+    message: str
+    full: bool
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    targets: int = 0
+    writes: int = 0
+    errors: list[ApplyError] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def full(self) -> bool:
+        return any(e.full for e in self.errors)
+
+
+class Reconciler:
+    """Owns the mirror and the id allocators of one set of maps; applies desired state."""
+
+    def __init__(self, lbmap: LBMap) -> None:
+        self.lbmap = lbmap
+        self.realised = Realised.from_state(lbmap.dump())
+        self.backend_ids, self.revnat_ids = self.realised.allocators()
+        self.pending: set[Frontend] = set()
+        self.orphan_backends: set[int] = set()
+
+    def resync(self) -> None:
+        """Rebuild the mirror from the maps (after a failed write left it uncertain)."""
+        self.realised = Realised.from_state(self.lbmap.dump())
+        self.orphan_backends = {b for b in self.realised.backends if not self.realised.refs[b]}
+
+    def apply(
+        self,
+        desired: Mapping[Frontend, FrontendSpec],
+        changed: Iterable[Frontend] | None = None,
+        prune: bool = False,
+    ) -> ApplyResult:
+        """Converge ``changed`` frontends (all desired ones when None) plus any still pending
+        from an earlier failure; with ``prune`` also everything present but not desired."""
+        targets = set(desired) if changed is None else set(changed)
+        targets |= self.pending
+        if prune:
+            targets |= self.realised.frontends()
+        result = ApplyResult(targets=len(targets))
+        try:
+            result.writes += self._run(desired, targets, prune=prune)
+            self.pending.clear()
+            return result
+        except MapError:
+            self.resync()
+        failed: set[Frontend] = set()
+        for fe in sorted(targets):
+            try:
+                result.writes += self._run(desired, [fe], prune=False)
+            except MapError as exc:
+                self.resync()
+                failed.add(fe)
+                result.errors.append(
+                    ApplyError(fe, exc.map_name, str(exc), isinstance(exc, MapFullError))
+                )
+        try:
+            result.writes += self._run(desired, [], prune=prune)
+        except MapError as exc:
+            self.resync()
+            result.errors.append(
+                ApplyError(None, exc.map_name, str(exc), isinstance(exc, MapFullError))
+            )
+        self.pending = failed
+        return result
+
+    def _run(
+        self, desired: Mapping[Frontend, FrontendSpec], targets: Iterable[Frontend], *, prune: bool
+    ) -> int:
+        p = plan(
+            desired,
+            targets,
+            self.realised,
+            self.backend_ids,
+            self.revnat_ids,
+            prune=prune,
+            orphan_backends=self.orphan_backends,
+        )
+        for step in p.steps:
+            self._execute(step)
+        self.orphan_backends.clear()
+        return p.writes()
+
+    def _execute(self, step: Step) -> None:
+        m, r = self.lbmap, self.realised
+        if step.backends:
+            m.update_backends(step.backends)
+            r.backends.update(step.backends)
+        if step.services:
+            m.update_services(step.services)
+            r.update_services(step.services)
+        if step.revnat:
+            m.update_revnat(step.revnat)
+            r.revnat.update(step.revnat)
+        if step.del_services:
+            m.delete_services(step.del_services)
+            r.delete_services(step.del_services)
+        if step.del_revnat:
+            m.delete_revnat(step.del_revnat)
+            for rid in step.del_revnat:
+                r.revnat.pop(rid, None)
+                self.revnat_ids.release_id(rid)
+        if step.del_backends:
+            m.delete_backends(step.del_backends)
+            for bid in step.del_backends:
+                r.backends.pop(bid, None)
+                self.backend_ids.release_id(bid)
