@@ -10,7 +10,9 @@ come from :func:`unique_name` so parallel runs never collide.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import os
 import secrets
 import shutil
@@ -36,6 +38,20 @@ def unique_name(prefix: str, *, max_len: int = 15) -> str:
     suffix = secrets.token_hex(3)
     head = prefix[: max(1, max_len - len(suffix))]
     return f"{head}{suffix}"[:max_len]
+
+
+async def eventually(
+    cond: Callable[[], object], *, within: float = 10.0, step: float = 0.02
+) -> None:
+    """Poll ``cond`` until it is truthy; fail with AssertionError after ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    for _ in itertools.count():
+        if cond():
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {within}s: {cond}")
+        await asyncio.sleep(step)
 
 
 def find_nats_server() -> str:
