@@ -22,6 +22,15 @@ STREAM_FLOWS: Final = "WEIR_FLOWS"
 STREAM_ERRORS: Final = "WEIR_ERRORS"
 STREAM_STATUS: Final = "WEIR_STATUS"
 
+# Subject filters each stream captures (documented in contracts/asyncapi.yaml).
+STREAM_SUBJECTS: Final[dict[str, tuple[str, ...]]] = {
+    STREAM_K8S: (f"{PREFIX}.k8s.>",),
+    STREAM_IDENTITY: (f"{PREFIX}.identity.>", f"{PREFIX}.ipcache.>"),
+    STREAM_FLOWS: (f"{PREFIX}.flows.>",),
+    STREAM_ERRORS: (f"{PREFIX}.errors.>",),
+    STREAM_STATUS: (f"{PREFIX}.status.>",),
+}
+
 KV_IDENTITIES: Final = "WEIR_IDENTITIES"
 KV_LEADER: Final = "WEIR_LEADER"
 

@@ -15,6 +15,19 @@ from contracts.v1.endpointslice import (
 )
 from contracts.v1.envelope import API_VERSION, K8sEvent, Kind, Op, Payload
 from contracts.v1.errors import ContractError
+from contracts.v1.flow import (
+    TCP,
+    UDP,
+    VERDICTS,
+    Flow,
+    FlowEndpoint,
+    FlowIP,
+    FlowService,
+    Layer4,
+    TCPFlags,
+    Verdict,
+)
+from contracts.v1.identity import Identity, IPCacheEntry, identity_label
 from contracts.v1.namespace import Namespace
 from contracts.v1.networkpolicy import (
     EgressRule,
@@ -29,9 +42,13 @@ from contracts.v1.networkpolicy import (
 from contracts.v1.node import Node, NodeAddress
 from contracts.v1.pod import ContainerPort, Pod
 from contracts.v1.service import Service, ServicePort
+from contracts.v1.status import MapFill, NodeStatus, ValidationReport
 
 __all__ = [
     "API_VERSION",
+    "TCP",
+    "UDP",
+    "VERDICTS",
     "ContainerPort",
     "ContractError",
     "EgressRule",
@@ -40,16 +57,25 @@ __all__ = [
     "EndpointHints",
     "EndpointPort",
     "EndpointSlice",
+    "Flow",
+    "FlowEndpoint",
+    "FlowIP",
+    "FlowService",
     "IPBlock",
+    "IPCacheEntry",
+    "Identity",
     "IngressRule",
     "K8sEvent",
     "Kind",
     "LabelSelector",
     "LabelSelectorRequirement",
+    "Layer4",
+    "MapFill",
     "Namespace",
     "NetworkPolicy",
     "Node",
     "NodeAddress",
+    "NodeStatus",
     "ObjectRef",
     "Op",
     "Payload",
@@ -58,6 +84,10 @@ __all__ = [
     "PolicyPort",
     "Service",
     "ServicePort",
+    "TCPFlags",
+    "ValidationReport",
+    "Verdict",
     "from_k8s",
+    "identity_label",
     "to_event",
 ]

@@ -78,6 +78,8 @@ class EndpointPort(Model):
 
 
 class EndpointSlice(Model):
+    """A discovery.k8s.io/v1 EndpointSlice with resolved endpoint conditions."""
+
     kind: Literal["endpointslice"] = "endpointslice"
     address_type: AddressType
     service_name: DNSLabel | None = None

@@ -13,16 +13,21 @@ cannot contain ``/``, so the id is unambiguous.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Final, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import Field, model_validator
 
 from contracts.subjects import CLUSTER_SCOPED_KINDS, k8s_subject
 from contracts.v1.endpointslice import EndpointSlice
 from contracts.v1.errors import FieldIssue
-from contracts.v1.meta import Model, NonEmptyStr, check_dns_label, check_dns_subdomain
+from contracts.v1.meta import (
+    Model,
+    NonEmptyStr,
+    UtcDatetime,
+    check_dns_label,
+    check_dns_subdomain,
+)
 from contracts.v1.namespace import Namespace
 from contracts.v1.networkpolicy import NetworkPolicy
 from contracts.v1.node import Node
@@ -44,21 +49,14 @@ class Op(StrEnum):
     DELETE = "DELETE"
 
 
-def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{value.isoformat()} has no time zone (must be UTC)")
-    return value.astimezone(UTC)
-
-
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
-
-
 def check_object_name(kind: str, name: str) -> str:
     """Kubernetes name rules: DNS-1123 label for services and namespaces, else subdomain."""
     return str(check_dns_label(name) if kind in LABEL_NAMED_KINDS else check_dns_subdomain(name))
 
 
 class K8sEvent(Model):
+    """One Kubernetes object change (UPSERT or DELETE tombstone) on weir.v1.k8s.*."""
+
     api_version: Literal["weir.v1"] = "weir.v1"
     kind: Kind
     op: Op

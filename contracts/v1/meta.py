@@ -13,9 +13,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 from contracts.v1.errors import FieldIssue
 
@@ -171,6 +172,13 @@ def _check_port_or_name(value: Any) -> int | str:
     return _check_port(value)
 
 
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{value.isoformat()} has no time zone (must be UTC)")
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc), Field(description="UTC timestamp")]
 IPAddress = Annotated[str, BeforeValidator(_canonical_ip), Field(description="IP address")]
 IPv4Address = Annotated[str, BeforeValidator(_canonical_ipv4), Field(description="IPv4 address")]
 IPv6Address = Annotated[str, BeforeValidator(_canonical_ipv6), Field(description="IPv6 address")]
@@ -209,4 +217,5 @@ __all__ = [
     "PortOrName",
     "Protocol",
     "StrictBool",
+    "UtcDatetime",
 ]

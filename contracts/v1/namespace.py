@@ -10,5 +10,7 @@ from contracts.v1.meta import Labels, Model
 
 
 class Namespace(Model):
+    """A core/v1 Namespace (labels only)."""
+
     kind: Literal["namespace"] = "namespace"
     labels: Labels = Field(default_factory=dict)

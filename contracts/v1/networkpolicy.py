@@ -129,6 +129,8 @@ class EgressRule(Model):
 
 
 class NetworkPolicy(Model):
+    """A networking.k8s.io/v1 NetworkPolicy spec with policyTypes defaulted."""
+
     kind: Literal["networkpolicy"] = "networkpolicy"
     pod_selector: LabelSelector = Field(default_factory=LabelSelector)
     policy_types: list[PolicyType] = Field(min_length=1, max_length=2)

@@ -34,6 +34,8 @@ class NodeAddress(Model):
 
 
 class Node(Model):
+    """A core/v1 Node: addresses, pod CIDRs, labels."""
+
     kind: Literal["node"] = "node"
     addresses: list[NodeAddress] = Field(default_factory=list)
     pod_cidrs: list[CIDR] = Field(default_factory=list, max_length=2)

@@ -36,6 +36,8 @@ class ContainerPort(Model):
 
 
 class Pod(Model):
+    """The identity- and datapath-relevant part of a core/v1 Pod."""
+
     kind: Literal["pod"] = "pod"
     ips: list[IPAddress] = Field(default_factory=list, max_length=2)
     host_ip: IPAddress | None = None

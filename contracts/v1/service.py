@@ -42,6 +42,8 @@ class ServicePort(Model):
 
 
 class Service(Model):
+    """A core/v1 Service, normalised (defaults applied, clusterIP fields folded)."""
+
     kind: Literal["service"] = "service"
     type: ServiceType = "ClusterIP"
     headless: StrictBool = Field(default=False, description="spec.clusterIP was 'None'")
