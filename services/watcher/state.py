@@ -23,7 +23,7 @@ a failed publish leaves the index describing the bus and the next relist retries
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,11 +48,11 @@ class Fingerprint:
 
 @dataclass(frozen=True, slots=True)
 class Valid:
-    """An object that passed contract validation; ``raw`` is the camelCase API object."""
+    """An object that passed contract validation; ``payload`` is what an UPSERT publishes."""
 
     key: ObjectKey
     fingerprint: Fingerprint
-    raw: Mapping[str, Any]
+    payload: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,6 @@ class Invalid:
     resource_version: str
     field: str
     message: str
-    raw: Mapping[str, Any] | None = None
 
 
 Observation = Valid | Invalid
@@ -74,16 +73,16 @@ Observation = Valid | Invalid
 class Upsert:
     key: ObjectKey
     fingerprint: Fingerprint
-    raw: Mapping[str, Any]
+    payload: Any
 
 
 @dataclass(frozen=True, slots=True)
 class Delete:
-    """Publish a tombstone; ``raw`` is the final object when the API gave us one."""
+    """Publish a tombstone; ``final`` is the deleted object's observation when the API sent one."""
 
     key: ObjectKey
     fingerprint: Fingerprint
-    raw: Mapping[str, Any] | None = None
+    final: Observation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,22 +139,21 @@ def decide_present(index: PublishedIndex, obs: Observation) -> list[Action]:
         return [] if index.already_reported(obs) else [Report(obs)]
     old = index.get(obs.key)
     if old is None:
-        return [Upsert(obs.key, obs.fingerprint, obs.raw)]
+        return [Upsert(obs.key, obs.fingerprint, obs.payload)]
     if _same_content(old, obs.fingerprint):
         return []
     if old.uid != obs.fingerprint.uid:
-        return [Delete(obs.key, old), Upsert(obs.key, obs.fingerprint, obs.raw)]
-    return [Upsert(obs.key, obs.fingerprint, obs.raw)]
+        return [Delete(obs.key, old), Upsert(obs.key, obs.fingerprint, obs.payload)]
+    return [Upsert(obs.key, obs.fingerprint, obs.payload)]
 
 
-def decide_deleted(
-    index: PublishedIndex, key: ObjectKey, uid: str, raw: Mapping[str, Any] | None = None
-) -> list[Action]:
+def decide_deleted(index: PublishedIndex, final: Observation) -> list[Action]:
     """A DELETED watch event. A delete for a uid we never published (or already deleted) is moot."""
-    old = index.get(key)
+    old = index.get(final.key)
+    uid = final.fingerprint.uid if isinstance(final, Valid) else final.uid
     if old is None or (uid and old.uid != uid):
         return []
-    return [Delete(key, old, raw)]
+    return [Delete(final.key, old, final)]
 
 
 def decide_relist(index: PublishedIndex, kind: str, listed: Iterable[Observation]) -> list[Action]:

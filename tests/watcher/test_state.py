@@ -97,7 +97,10 @@ def test_recovered_object_is_published_again_and_report_forgotten() -> None:
     ],
 )
 def test_decide_deleted(index: PublishedIndex, uid: str, expected: list[object]) -> None:
-    assert kinds(decide_deleted(index, A, uid)) == expected
+    assert kinds(decide_deleted(index, valid(A, uid=uid, rv="7"))) == expected
+    # a final state that no longer validates still deletes what was published
+    bad = Invalid(A, uid, "7", "spec", "broken")
+    assert kinds(decide_deleted(index, bad)) == expected
 
 
 @pytest.mark.parametrize(
