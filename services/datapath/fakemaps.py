@@ -107,15 +107,16 @@ class FakeLBMap:
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """Which entry writes fail. ``nth`` counts matching entry writes from 1 (None: every match);
-    ``full`` raises MapFullError instead of a plain MapError; ``times`` bounds how often it fires
-    (None: forever)."""
+    """Which entry writes fail: those matching ``map_name``/``op``/``key`` (None: any), from the
+    ``nth`` match on (counting from 1; None: from the first), at most ``times`` times (None:
+    forever). ``full`` raises MapFullError instead of a plain MapError."""
 
     map_name: str | None = None
     op: Op | None = None
     nth: int | None = None
     full: bool = False
     times: int | None = 1
+    key: Callable[[object], bool] | None = None
 
 
 class FaultyLBMap:
@@ -136,14 +137,16 @@ class FaultyLBMap:
     def clear(self) -> None:
         self.faults, self._seen, self._fired = [], [], []
 
-    def _check(self, name: str, op: Op) -> None:
+    def _check(self, name: str, op: Op, key: object) -> None:
         for i, fault in enumerate(self.faults):
             if fault.map_name not in (None, name) or fault.op not in (None, op):
+                continue
+            if fault.key is not None and not fault.key(key):
                 continue
             self._seen[i] += 1
             if fault.times is not None and self._fired[i] >= fault.times:
                 continue
-            if fault.nth is None or self._seen[i] == fault.nth:
+            if fault.nth is None or self._seen[i] >= fault.nth:
                 self._fired[i] += 1
                 self.raised += 1
                 if fault.full:
@@ -152,32 +155,32 @@ class FaultyLBMap:
 
     def update_backends(self, items: Mapping[int, BackendValue]) -> None:
         for k, v in items.items():
-            self._check(MAP_BACKENDS, "update")
+            self._check(MAP_BACKENDS, "update", k)
             self.inner.update_backends({k: v})
 
     def delete_backends(self, ids: Iterable[int]) -> None:
         for k in ids:
-            self._check(MAP_BACKENDS, "delete")
+            self._check(MAP_BACKENDS, "delete", k)
             self.inner.delete_backends([k])
 
     def update_services(self, items: Mapping[ServiceKey, ServiceValue]) -> None:
         for k, v in items.items():
-            self._check(MAP_SERVICES, "update")
+            self._check(MAP_SERVICES, "update", k)
             self.inner.update_services({k: v})
 
     def delete_services(self, keys: Iterable[ServiceKey]) -> None:
         for k in keys:
-            self._check(MAP_SERVICES, "delete")
+            self._check(MAP_SERVICES, "delete", k)
             self.inner.delete_services([k])
 
     def update_revnat(self, items: Mapping[int, RevNatValue]) -> None:
         for k, v in items.items():
-            self._check(MAP_REVNAT, "update")
+            self._check(MAP_REVNAT, "update", k)
             self.inner.update_revnat({k: v})
 
     def delete_revnat(self, ids: Iterable[int]) -> None:
         for k in ids:
-            self._check(MAP_REVNAT, "delete")
+            self._check(MAP_REVNAT, "delete", k)
             self.inner.delete_revnat([k])
 
     def dump(self) -> LBMapState:

@@ -19,7 +19,7 @@ known, so callers pass it only after a full sync.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from services.datapath.alloc import IdAllocator, IdSpaceExhaustedError
@@ -89,10 +89,13 @@ def plan(
     *,
     prune: bool = False,
     orphan_backends: Iterable[int] = (),
+    protected: Container[int] = (),
 ) -> Plan:
     """Writes that take each target frontend from its realised to its desired state (absent
     from ``desired`` = delete). ``prune`` also removes every reverse-NAT entry and backend that
-    no desired frontend uses. Raises MapFullError when an id space is exhausted."""
+    no desired frontend uses. ``orphan_backends`` are also deleted when unreferenced, unless
+    ``protected`` (ids some desired frontend wants). Raises MapFullError when an id space is
+    exhausted."""
     s = {phase: Step(phase) for phase in PHASES}
     want_backends: dict[int, BackendValue] = {}
     ref_delta: dict[int, int] = {}
@@ -149,7 +152,7 @@ def plan(
         s["del-revnat"].del_revnat.extend(i for i in sorted(realised.revnat) if i not in keep)
         candidates = set(ref_delta) | set(realised.backends)
     for bid in sorted(candidates):
-        if bid in want_backends or bid not in realised.backends:
+        if bid in want_backends or bid in protected or bid not in realised.backends:
             continue
         if realised.refs.get(bid, 0) + ref_delta.get(bid, 0) <= 0:
             s["del-backends"].del_backends.append(bid)
@@ -223,16 +226,22 @@ class Reconciler:
         if prune:
             targets |= self.realised.frontends()
         result = ApplyResult(targets=len(targets))
+        protected: set[int] = set()
+        if prune or self.orphan_backends:
+            protected = self._protected(desired)
         try:
-            result.writes += self._run(desired, targets, prune=prune)
+            result.writes += self._run(
+                desired, targets, prune=prune, protected=protected, orphans=self.orphan_backends
+            )
             self.pending.clear()
             return result
         except MapError:
             self.resync()
+        protected = self._protected(desired)
         failed: set[Frontend] = set()
         for fe in sorted(targets):
             try:
-                result.writes += self._run(desired, [fe], prune=False)
+                result.writes += self._run(desired, [fe], prune=False, protected=protected)
             except MapError as exc:
                 self.resync()
                 failed.add(fe)
@@ -240,7 +249,9 @@ class Reconciler:
                     ApplyError(fe, exc.map_name, str(exc), isinstance(exc, MapFullError))
                 )
         try:
-            result.writes += self._run(desired, [], prune=prune)
+            result.writes += self._run(
+                desired, [], prune=prune, protected=protected, orphans=self.orphan_backends
+            )
         except MapError as exc:
             self.resync()
             result.errors.append(
@@ -249,8 +260,20 @@ class Reconciler:
         self.pending = failed
         return result
 
+    def _protected(self, desired: Mapping[Frontend, FrontendSpec]) -> set[int]:
+        """Ids of every backend some desired frontend wants: never deleted as orphans, even
+        while the frontend that wants them is still pending."""
+        ids = (self.backend_ids.get(b.addr) for spec in desired.values() for b in spec.backends)
+        return {i for i in ids if i is not None}
+
     def _run(
-        self, desired: Mapping[Frontend, FrontendSpec], targets: Iterable[Frontend], *, prune: bool
+        self,
+        desired: Mapping[Frontend, FrontendSpec],
+        targets: Iterable[Frontend],
+        *,
+        prune: bool,
+        protected: Container[int],
+        orphans: set[int] | None = None,
     ) -> int:
         p = plan(
             desired,
@@ -259,11 +282,14 @@ class Reconciler:
             self.backend_ids,
             self.revnat_ids,
             prune=prune,
-            orphan_backends=self.orphan_backends,
+            orphan_backends=orphans or (),
+            protected=protected,
         )
         for step in p.steps:
             self._execute(step)
-        self.orphan_backends.clear()
+        if orphans:  # the ones still unreferenced (protected for a pending frontend) remain
+            r = self.realised
+            self.orphan_backends = {b for b in orphans if b in r.backends and not r.refs[b]}
         return p.writes()
 
     def _execute(self, step: Step) -> None:
