@@ -1,0 +1,276 @@
+"""Byte layout of the load-balancing maps: ctypes mirrors of bpf/lb4_maps.h and pure codecs.
+
+Why a separate, pure module: the layout is a contract between C and Python, so it lives in one
+place with no I/O. The loader uses :data:`MAP_SPECS` to verify pinned maps before reusing them,
+the map layer uses the codecs, and a test compares every size here with what bcc compiled.
+Encoding validates each field and names the map, the entry and the field on bad input, so a
+malformed desired state is reported, not written.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from services.datapath.bpfsys import (
+    BPF_F_NO_PREALLOC,
+    MAP_TYPE_HASH,
+    MAP_TYPE_LRU_HASH,
+    MAP_TYPE_PERCPU_ARRAY,
+)
+from services.datapath.lbmap import (
+    BackendState,
+    BackendValue,
+    RevNatValue,
+    ServiceFlags,
+    ServiceKey,
+    ServiceValue,
+)
+
+
+class Lb4Key(ctypes.Structure):
+    _fields_ = [
+        ("address", ctypes.c_uint32),
+        ("dport", ctypes.c_uint16),
+        ("backend_slot", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
+
+
+class Lb4Service(ctypes.Structure):
+    _fields_ = [
+        ("backend_id", ctypes.c_uint32),
+        ("count", ctypes.c_uint16),
+        ("rev_nat_index", ctypes.c_uint16),
+        ("flags", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("affinity_timeout", ctypes.c_uint32),
+    ]
+
+
+class Lb4Backend(ctypes.Structure):
+    _fields_ = [
+        ("address", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("state", ctypes.c_uint8),
+    ]
+
+
+class Lb4ReverseNat(ctypes.Structure):
+    _fields_ = [("address", ctypes.c_uint32), ("port", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+
+
+class Lb4AffinityKey(ctypes.Structure):
+    _fields_ = [
+        ("client_cookie", ctypes.c_uint64),
+        ("rev_nat_id", ctypes.c_uint16),
+        ("pad", ctypes.c_uint8 * 6),
+    ]
+
+
+class Lb4AffinityVal(ctypes.Structure):
+    _fields_ = [
+        ("last_used", ctypes.c_uint64),
+        ("backend_id", ctypes.c_uint32),
+        ("slot", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class Ipv4RevnatTuple(ctypes.Structure):
+    _fields_ = [
+        ("cookie", ctypes.c_uint64),
+        ("address", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class Ipv4RevnatEntry(ctypes.Structure):
+    _fields_ = [
+        ("address", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("rev_nat_index", ctypes.c_uint16),
+    ]
+
+
+# enum lb4_counter in bpf/lb4_maps.h, in order
+COUNTERS = (
+    "translated",
+    "refused",
+    "backend_missing",
+    "affinity_hit",
+    "affinity_expired",
+    "affinity_stale",
+    "revnat_hit",
+    "revnat_stale",
+)
+
+# Logical names (used in MapError and fill(), shared with the fake) -> pinned/kernel names.
+MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT = "services", "backends", "revnat"
+MAP_AFFINITY, MAP_SK_REVNAT, MAP_COUNTERS = "affinity", "sk_revnat", "counters"
+
+
+@dataclass(frozen=True, slots=True)
+class MapCapacities:
+    """max_entries per map; compiled in as -D flags and verified against existing pins."""
+
+    services: int = 262144
+    backends: int = 131072
+    revnat: int = 65536
+    affinity: int = 65536
+    sk_revnat: int = 65536
+
+    def __post_init__(self) -> None:
+        for name in ("services", "backends", "revnat", "affinity", "sk_revnat"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= 1 << 24:
+                raise ValueError(f"MapCapacities.{name}: {value!r} is not in 1..{1 << 24}")
+
+
+@dataclass(frozen=True, slots=True)
+class MapSpec:
+    name: str  # logical name
+    pin: str  # file name under the pin directory, also the bcc table name
+    map_type: int
+    key: Any  # a ctypes type
+    value: Any
+    max_entries: int
+    flags: int
+
+
+def map_specs(cap: MapCapacities) -> tuple[MapSpec, ...]:
+    """What bpf/lb4_maps.h creates for these capacities: the reference for pin verification."""
+    hash_, lru, nopre = MAP_TYPE_HASH, MAP_TYPE_LRU_HASH, BPF_F_NO_PREALLOC
+    return (
+        MapSpec(MAP_SERVICES, "lb4_services", hash_, Lb4Key, Lb4Service, cap.services, nopre),
+        MapSpec(
+            MAP_BACKENDS, "lb4_backends", hash_, ctypes.c_uint32, Lb4Backend, cap.backends, nopre
+        ),
+        MapSpec(MAP_REVNAT, "lb4_revnat", hash_, ctypes.c_uint16, Lb4ReverseNat, cap.revnat, nopre),
+        MapSpec(MAP_AFFINITY, "lb4_affinity", lru, Lb4AffinityKey, Lb4AffinityVal, cap.affinity, 0),
+        MapSpec(
+            MAP_SK_REVNAT, "lb4_sk_revnat", lru, Ipv4RevnatTuple, Ipv4RevnatEntry, cap.sk_revnat, 0
+        ),
+        MapSpec(
+            MAP_COUNTERS,
+            "lb4_counters",
+            MAP_TYPE_PERCPU_ARRAY,
+            ctypes.c_uint32,
+            ctypes.c_uint64,
+            len(COUNTERS),
+            0,
+        ),
+    )
+
+
+# --- codecs -------------------------------------------------------------------------------------
+
+
+class EntryError(ValueError):
+    """An entry cannot be encoded: names the map, the entry and the field."""
+
+    def __init__(self, map_name: str, entry: object, field: str, problem: str) -> None:
+        super().__init__(f"{map_name}: entry {entry!r}: field {field}: {problem}")
+        self.map_name = map_name
+        self.field = field
+
+
+def _ip(map_name: str, entry: object, field: str, value: object) -> int:
+    try:
+        packed = ipaddress.IPv4Address(value).packed
+    except (ValueError, TypeError):
+        raise EntryError(map_name, entry, field, f"{value!r} is not an IPv4 address") from None
+    return int.from_bytes(packed, "little")  # network order in memory = little-endian int here
+
+
+def _uint(map_name: str, entry: object, field: str, value: object, bits: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << bits:
+        raise EntryError(map_name, entry, field, f"{value!r} is not in 0..{(1 << bits) - 1}")
+    return value
+
+
+def _ip_str(raw: int) -> str:
+    return str(ipaddress.IPv4Address(raw.to_bytes(4, "little")))
+
+
+def encode_service_key(key: ServiceKey) -> Lb4Key:
+    m = MAP_SERVICES
+    return Lb4Key(
+        address=_ip(m, key, "vip", key.vip),
+        dport=socket.htons(_uint(m, key, "port", key.port, 16)),
+        backend_slot=_uint(m, key, "slot", key.slot, 16),
+        proto=_uint(m, key, "proto", key.proto, 8),
+    )
+
+
+def decode_service_key(raw: Lb4Key) -> ServiceKey:
+    return ServiceKey(_ip_str(raw.address), socket.ntohs(raw.dport), raw.proto, raw.backend_slot)
+
+
+def encode_service_value(key: ServiceKey, value: ServiceValue) -> Lb4Service:
+    m = MAP_SERVICES
+    return Lb4Service(
+        backend_id=_uint(m, key, "backend_id", value.backend_id, 32),
+        count=_uint(m, key, "count", value.count, 16),
+        rev_nat_index=_uint(m, key, "rev_nat_id", value.rev_nat_id, 16),
+        flags=_uint(m, key, "flags", int(value.flags), 8),
+        affinity_timeout=_uint(m, key, "affinity_timeout", value.affinity_timeout, 32),
+    )
+
+
+def decode_service_value(raw: Lb4Service) -> ServiceValue:
+    return ServiceValue(
+        raw.backend_id, raw.count, raw.rev_nat_index, ServiceFlags(raw.flags), raw.affinity_timeout
+    )
+
+
+def encode_backend_id(backend_id: int) -> ctypes.c_uint32:
+    return ctypes.c_uint32(_uint(MAP_BACKENDS, backend_id, "id", backend_id, 32))
+
+
+def encode_backend(backend_id: int, value: BackendValue) -> Lb4Backend:
+    m = MAP_BACKENDS
+    state = value.state
+    if not isinstance(state, int) or state not in BackendState.__members__.values():
+        raise EntryError(m, backend_id, "state", f"{state!r} is not a BackendState")
+    return Lb4Backend(
+        address=_ip(m, backend_id, "ip", value.ip),
+        port=socket.htons(_uint(m, backend_id, "port", value.port, 16)),
+        proto=_uint(m, backend_id, "proto", value.proto, 8),
+        state=int(state),
+    )
+
+
+def decode_backend(raw: Lb4Backend) -> BackendValue:
+    try:
+        state = BackendState(raw.state)
+    except ValueError:
+        raise EntryError(
+            MAP_BACKENDS,
+            _ip_str(raw.address),
+            "state",
+            f"{raw.state} is not a BackendState (map written by a newer version?)",
+        ) from None
+    return BackendValue(_ip_str(raw.address), socket.ntohs(raw.port), raw.proto, state)
+
+
+def encode_revnat_id(rev_nat_id: int) -> ctypes.c_uint16:
+    return ctypes.c_uint16(_uint(MAP_REVNAT, rev_nat_id, "id", rev_nat_id, 16))
+
+
+def encode_revnat(rev_nat_id: int, value: RevNatValue) -> Lb4ReverseNat:
+    m = MAP_REVNAT
+    return Lb4ReverseNat(
+        address=_ip(m, rev_nat_id, "vip", value.vip),
+        port=socket.htons(_uint(m, rev_nat_id, "port", value.port, 16)),
+    )
+
+
+def decode_revnat(raw: Lb4ReverseNat) -> RevNatValue:
+    return RevNatValue(_ip_str(raw.address), socket.ntohs(raw.port))

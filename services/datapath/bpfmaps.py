@@ -1,0 +1,273 @@
+"""The real LBMap: the pinned eBPF maps of bpf/sock_lb.c, written with batched bpf(2) calls.
+
+Why it works on pinned file descriptors and not on bcc table objects: the maps outlive every
+worker (they are pinned), so anything that can open the pin directory can read and write them —
+the worker after bcc loaded the programs, and operator tools that never compile anything. Batches
+use BPF_MAP_UPDATE_BATCH / BPF_MAP_DELETE_BATCH (one syscall per few thousand entries, which is
+what lets a cold node sync 100,000 endpoints in about a second) and fall back to one syscall per
+entry where the kernel refuses batches. The kernel's E2BIG/ENOSPC become :class:`MapFullError`
+naming the map and the entry; the batch reports how far it got, so the error is precise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from services.datapath import bpfsys
+from services.datapath.bpflayout import (
+    COUNTERS,
+    MAP_BACKENDS,
+    MAP_COUNTERS,
+    MAP_REVNAT,
+    MAP_SERVICES,
+    MapCapacities,
+    MapSpec,
+    decode_backend,
+    decode_revnat,
+    decode_service_key,
+    decode_service_value,
+    encode_backend,
+    encode_backend_id,
+    encode_revnat,
+    encode_revnat_id,
+    encode_service_key,
+    encode_service_value,
+    map_specs,
+)
+from services.datapath.lbmap import (
+    BackendValue,
+    LBMapState,
+    MapError,
+    MapFullError,
+    RevNatValue,
+    ServiceKey,
+    ServiceValue,
+)
+
+CHUNK = 4096  # entries per batch syscall
+_FULL = (errno.E2BIG, errno.ENOSPC)
+_NO_BATCH = (errno.EINVAL, errno.ENOTSUPP if hasattr(errno, "ENOTSUPP") else 524, errno.EOPNOTSUPP)
+T = TypeVar("T")
+
+
+def possible_cpus() -> int:
+    """Per-CPU map values have one slot per *possible* CPU (not online)."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+
+
+class PinnedMap:
+    """One pinned map: an fd plus its ctypes key/value types. Closes its fd on close()."""
+
+    def __init__(self, spec: MapSpec, fd: int) -> None:
+        self.spec = spec
+        self.fd = fd
+        self.batch = True  # cleared when the kernel refuses batch operations
+        info = bpfsys.map_info(fd)
+        self.max_entries = info.max_entries
+
+    @classmethod
+    def open(cls, pin_dir: Path, spec: MapSpec) -> PinnedMap:
+        path = pin_dir / spec.pin
+        try:
+            fd = bpfsys.obj_get(path)
+        except OSError as exc:
+            raise MapError(spec.name, f"cannot open pinned map {path}: {exc.strerror}") from exc
+        return cls(spec, fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _fail(self, exc: OSError, entry: object) -> MapError:
+        kind = MapFullError if exc.errno in _FULL else MapError
+        what = f"map full ({self.max_entries} entries)" if kind is MapFullError else exc.strerror
+        return kind(self.spec.name, f"writing {entry!r}: {what}")
+
+    def update(self, entries: Sequence[tuple[Any, Any]], labels: Sequence[object]) -> None:
+        """Write (ctypes key, ctypes value) pairs; ``labels`` name them in errors."""
+        for start in range(0, len(entries), CHUNK):
+            part = entries[start : start + CHUNK]
+            if self.batch:
+                keys = (self.spec.key * len(part))(*(k for k, _ in part))
+                values = (self.spec.value * len(part))(*(v for _, v in part))
+                try:
+                    bpfsys.map_update_batch(self.fd, keys, values, len(part))
+                    continue
+                except OSError as exc:
+                    if exc.errno not in _NO_BATCH:
+                        raise self._fail(exc, labels[start + exc.done]) from exc  # type: ignore[attr-defined]
+                    self.batch = False
+            for i, (key, value) in enumerate(part):
+                try:
+                    bpfsys.map_update(self.fd, key, value)
+                except OSError as exc:
+                    raise self._fail(exc, labels[start + i]) from exc
+
+    def delete(self, keys: Sequence[Any], labels: Sequence[object]) -> None:
+        """Delete keys; absent keys are skipped (deleting what is absent is not an error)."""
+        pending = list(range(len(keys)))
+        while pending and self.batch:
+            part = pending[:CHUNK]
+            arr = (self.spec.key * len(part))(*(keys[i] for i in part))
+            try:
+                bpfsys.map_delete_batch(self.fd, arr, len(part))
+                pending = pending[len(part) :]
+            except OSError as exc:
+                done = exc.done  # type: ignore[attr-defined]
+                if exc.errno == errno.ENOENT:
+                    pending = pending[done + 1 :]  # skip the absent key, go on after it
+                elif exc.errno in _NO_BATCH and done == 0:
+                    self.batch = False
+                else:
+                    raise self._fail(exc, labels[part[done]]) from exc
+        for i in pending:
+            try:
+                bpfsys.map_delete(self.fd, keys[i])
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise self._fail(exc, labels[i]) from exc
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        """Every (key, value), read in batches (one pass, not a snapshot under writes)."""
+        chunk = CHUNK
+        keys = (self.spec.key * chunk)()
+        values = (self.spec.value * chunk)()
+        cursor = ctypes.create_string_buffer(max(8, ctypes.sizeof(self.spec.key)))
+        first, more = True, True
+        while more:
+            try:
+                got, more = bpfsys.map_lookup_batch(self.fd, keys, values, chunk, cursor, first)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC and chunk < self.max_entries:  # a bucket > chunk
+                    chunk *= 4
+                    keys, values = (self.spec.key * chunk)(), (self.spec.value * chunk)()
+                    continue
+                if exc.errno in _NO_BATCH and first:
+                    yield from self._items_by_key()
+                    return
+                raise MapError(self.spec.name, f"reading: {exc.strerror}") from exc
+            first = False
+            for i in range(got):
+                yield _copy(self.spec.key, keys[i]), _copy(self.spec.value, values[i])
+
+    def _items_by_key(self) -> Iterator[tuple[Any, Any]]:
+        key, nxt, value = self.spec.key(), self.spec.key(), self.spec.value()
+        attr_first = True
+        while True:
+            try:
+                bpfsys.map_get_next_key(self.fd, None if attr_first else key, nxt)
+            except OSError:
+                return
+            attr_first = False
+            ctypes.memmove(ctypes.addressof(key), ctypes.addressof(nxt), ctypes.sizeof(key))
+            try:
+                bpfsys.map_lookup(self.fd, key, value)
+            except OSError:
+                continue  # deleted in between
+            yield _copy(self.spec.key, key), _copy(self.spec.value, value)
+
+    def count(self) -> int:
+        return sum(1 for _ in self.items())
+
+
+def _copy(ctype: Any, item: Any) -> Any:
+    """Detach an element from a reused buffer: a Structure copy, or a plain int."""
+    if isinstance(item, int):
+        return item
+    if isinstance(item, ctypes._SimpleCData):
+        return item.value
+    return ctype.from_buffer_copy(item)
+
+
+def _pairs(items: Iterable[T], enc: Callable[[T], tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    return [enc(item) for item in items]
+
+
+class BpfLBMap:
+    """LBMap on the pinned maps under ``pin_dir`` (the versioned directory, e.g. .../node/v1)."""
+
+    def __init__(self, pin_dir: Path, capacities: MapCapacities | None = None) -> None:
+        self.pin_dir = Path(pin_dir)
+        specs = map_specs(capacities or MapCapacities())
+        self.maps: dict[str, PinnedMap] = {}
+        try:
+            for spec in specs:
+                self.maps[spec.name] = PinnedMap.open(self.pin_dir, spec)
+        except MapError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+
+    def __enter__(self) -> BpfLBMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- LBMap -----------------------------------------------------------------------------
+
+    def update_backends(self, items: Mapping[int, BackendValue]) -> None:
+        pairs = _pairs(items.items(), lambda kv: (encode_backend_id(kv[0]), encode_backend(*kv)))
+        self.maps[MAP_BACKENDS].update(pairs, list(items))
+
+    def delete_backends(self, ids: Iterable[int]) -> None:
+        labels = list(ids)
+        self.maps[MAP_BACKENDS].delete([encode_backend_id(i) for i in labels], labels)
+
+    def update_services(self, items: Mapping[ServiceKey, ServiceValue]) -> None:
+        pairs = _pairs(
+            items.items(), lambda kv: (encode_service_key(kv[0]), encode_service_value(*kv))
+        )
+        self.maps[MAP_SERVICES].update(pairs, list(items))
+
+    def delete_services(self, keys: Iterable[ServiceKey]) -> None:
+        labels = list(keys)
+        self.maps[MAP_SERVICES].delete([encode_service_key(k) for k in labels], labels)
+
+    def update_revnat(self, items: Mapping[int, RevNatValue]) -> None:
+        pairs = _pairs(items.items(), lambda kv: (encode_revnat_id(kv[0]), encode_revnat(*kv)))
+        self.maps[MAP_REVNAT].update(pairs, list(items))
+
+    def delete_revnat(self, ids: Iterable[int]) -> None:
+        labels = list(ids)
+        self.maps[MAP_REVNAT].delete([encode_revnat_id(i) for i in labels], labels)
+
+    def dump(self) -> LBMapState:
+        state = LBMapState()
+        for k, v in self.maps[MAP_SERVICES].items():
+            state.services[decode_service_key(k)] = decode_service_value(v)
+        for k, v in self.maps[MAP_BACKENDS].items():
+            state.backends[int(k)] = decode_backend(v)
+        for k, v in self.maps[MAP_REVNAT].items():
+            state.revnat[int(k)] = decode_revnat(v)
+        return state
+
+    def fill(self) -> dict[str, tuple[int, int]]:
+        return {
+            name: (m.count(), m.max_entries)
+            for name, m in self.maps.items()
+            if name != MAP_COUNTERS
+        }
+
+    # --- datapath counters -------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """The per-CPU event counters of bpf/sock_lb.c, summed over CPUs."""
+        ncpu = possible_cpus()
+        fd = self.maps[MAP_COUNTERS].fd
+        out: dict[str, int] = {}
+        for index, name in enumerate(COUNTERS):
+            per_cpu = (ctypes.c_uint64 * ncpu)()
+            bpfsys.map_lookup(fd, ctypes.c_uint32(index), per_cpu)
+            out[name] = sum(per_cpu)
+        return out

@@ -1,0 +1,256 @@
+"""Load bpf/sock_lb.c with bcc, verify and reuse its pinned maps, attach it to a cgroup for good.
+
+Why it is shaped this way:
+
+* Maps are pinned under ``<pin_dir>/<version>/`` (bcc's BPF_TABLE_PINNED reuses an existing pin),
+  so a restarted worker finds the service state where the last one left it. bcc reuses a pin
+  whatever its shape, so before compiling we compare every existing pin's type, key size, value
+  size, max_entries and flags with what this build would create, and refuse with an error naming
+  the map and the difference. A layout change therefore needs a new version directory.
+* Programs are attached through bpf links pinned under ``<version>/links/``. A pinned link keeps
+  the program attached after the worker dies (SIGKILL included), and a restarted worker swaps in
+  its freshly loaded program with BPF_LINK_UPDATE, which is atomic: the hook is never empty, so
+  connects never fail during a restart and nothing is attached twice. ``close()`` therefore only
+  drops this process's handles; ``detach()`` is the explicit "remove Weir from this cgroup".
+* Settings reach the C code only as -D flags (pin directory and map sizes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from services.datapath import bpfsys
+from services.datapath.bpflayout import MapCapacities, MapSpec, map_specs
+from services.datapath.bpfmaps import BpfLBMap
+
+DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/weir")
+DEFAULT_VERSION = "v1"
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+
+# (function in sock_lb.c, bpf_attach_type, short name used for the link pin)
+PROGRAMS = (
+    ("sock4_connect", 10, "connect4"),  # BPF_CGROUP_INET4_CONNECT
+    ("sock4_sendmsg", 14, "sendmsg4"),  # BPF_CGROUP_UDP4_SENDMSG
+    ("sock4_recvmsg", 19, "recvmsg4"),  # BPF_CGROUP_UDP4_RECVMSG
+    ("sock4_getpeername", 29, "getpeername4"),  # BPF_CGROUP_INET4_GETPEERNAME
+)
+PROG_TYPE_CGROUP_SOCK_ADDR = 18
+
+
+class PinMismatchError(Exception):
+    """A pinned map exists with a different shape than this build would create."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        super().__init__(
+            f"pinned map {path} does not match this build: {'; '.join(problems)}. "
+            f"Remove the pin directory {path.parent} (its state is rebuilt from the bus) or "
+            "choose a new pin version"
+        )
+        self.path = path
+        self.problems = problems
+
+
+class LoadError(Exception):
+    """bcc could not compile or the kernel refused a program."""
+
+
+def default_pin_dir(node: str) -> Path:
+    return DEFAULT_PIN_ROOT / node
+
+
+def verify_pins(version_dir: Path, specs: tuple[MapSpec, ...]) -> None:
+    """Raise PinMismatchError for the first existing pin whose shape differs from its spec."""
+    for spec in specs:
+        path = version_dir / spec.pin
+        if not path.exists():
+            continue
+        fd = bpfsys.obj_get(path)
+        try:
+            info = bpfsys.map_info(fd)
+        finally:
+            os.close(fd)
+        want = {
+            "type": spec.map_type,
+            "key_size": ctypes.sizeof(spec.key),
+            "value_size": ctypes.sizeof(spec.value),
+            "max_entries": spec.max_entries,
+            "flags": spec.flags,
+        }
+        have = {
+            "type": info.type,
+            "key_size": info.key_size,
+            "value_size": info.value_size,
+            "max_entries": info.max_entries,
+            "flags": info.flags,
+        }
+        problems = [
+            f"{field} is {_fmt(field, have[field])}, this build needs {_fmt(field, value)}"
+            for field, value in want.items()
+            if have[field] != value
+        ]
+        if problems:
+            raise PinMismatchError(path, [f"map {spec.pin}: {p}" for p in problems])
+
+
+def _fmt(field: str, value: int) -> str:
+    if field == "type":
+        return bpfsys.MAP_TYPE_NAMES.get(value, str(value))
+    return str(value)
+
+
+class SockLB:
+    """The socket-level load balancer of one node: compile, load, attach, hand out the maps."""
+
+    def __init__(
+        self,
+        pin_dir: Path,
+        capacities: MapCapacities | None = None,
+        *,
+        version: str = DEFAULT_VERSION,
+        bpf_dir: Path = BPF_DIR,
+    ) -> None:
+        if not version or "/" in version or version.startswith("."):
+            raise ValueError(f"SockLB.version: {version!r} is not a plain directory name")
+        self.capacities = capacities or MapCapacities()
+        self.dir = Path(pin_dir) / version
+        self.bpf_dir = bpf_dir
+        self.specs = map_specs(self.capacities)
+        self._bpf: Any = None
+        self._progs: dict[str, int] = {}  # short name -> prog fd (owned by the bcc object)
+
+    @property
+    def links_dir(self) -> Path:
+        return self.dir / "links"
+
+    def cflags(self) -> list[str]:
+        c = self.capacities
+        return [
+            f"-I{self.bpf_dir}",
+            f'-DPIN_DIR="{self.dir}"',
+            f"-DLB4_SERVICES_MAX={c.services}",
+            f"-DLB4_BACKENDS_MAX={c.backends}",
+            f"-DLB4_REVNAT_MAX={c.revnat}",
+            f"-DLB4_AFFINITY_MAX={c.affinity}",
+            f"-DLB4_SK_REVNAT_MAX={c.sk_revnat}",
+        ]
+
+    def load(self) -> None:
+        """Verify existing pins, compile, create/reuse the pinned maps, load the programs."""
+        import bcc  # noqa: PLC0415 - Debian's bcc; only the loader needs it
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        verify_pins(self.dir, self.specs)
+        try:
+            self._bpf = bcc.BPF(
+                src_file=str(self.bpf_dir / "sock_lb.c").encode(), cflags=self.cflags()
+            )
+            for func, attach_type, short in PROGRAMS:
+                fn = self._bpf.load_func(
+                    func.encode(), PROG_TYPE_CGROUP_SOCK_ADDR, attach_type=attach_type
+                )
+                self._progs[short] = fn.fd
+        except Exception as exc:  # bcc raises bare Exception
+            self.close()
+            raise LoadError(f"loading {self.bpf_dir / 'sock_lb.c'}: {exc}") from exc
+        self._check_compiled()
+
+    def _check_compiled(self) -> None:
+        """The C structs and the ctypes mirrors must agree, or every decode would be garbage."""
+        for spec in self.specs:
+            table = self._bpf[spec.pin.encode()]
+            leaf = getattr(table, "sLeaf", table.Leaf)  # per-CPU tables: the per-CPU element
+            sizes = (ctypes.sizeof(table.Key), ctypes.sizeof(leaf))
+            want = (ctypes.sizeof(spec.key), ctypes.sizeof(spec.value))
+            if sizes != want:
+                self.close()
+                raise LoadError(
+                    f"map {spec.pin}: compiled key/value sizes {sizes} differ from "
+                    f"services/datapath/bpflayout.py {want}"
+                )
+
+    def maps(self) -> BpfLBMap:
+        """A new handle on the pinned maps (the caller closes it)."""
+        return BpfLBMap(self.dir, self.capacities)
+
+    def _link_pin(self, cgroup_id: int, short: str) -> Path:
+        return self.links_dir / f"cg{cgroup_id}_{short}"
+
+    def attach(self, cgroup: Path) -> None:
+        """Attach (or atomically re-point) the four programs on a cgroup v2 directory."""
+        if not self._progs:
+            raise LoadError("SockLB.attach: call load() first")
+        cgroup_id = os.stat(cgroup).st_ino  # cgroup v2: the id is the directory's inode
+        self.links_dir.mkdir(parents=True, exist_ok=True)
+        cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for _func, attach_type, short in PROGRAMS:
+                self._attach_one(cg_fd, cgroup_id, attach_type, short)
+        finally:
+            os.close(cg_fd)
+
+    def _attach_one(self, cg_fd: int, cgroup_id: int, attach_type: int, short: str) -> None:
+        pin = self._link_pin(cgroup_id, short)
+        prog_fd = self._progs[short]
+        if pin.exists():
+            link_fd = bpfsys.obj_get(pin)
+            try:
+                bpfsys.link_update(link_fd, prog_fd)  # atomic swap: the hook is never empty
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENOLINK:  # ENOLINK: its cgroup is gone; start afresh
+                    raise
+                pin.unlink()
+            finally:
+                os.close(link_fd)
+        link_fd = bpfsys.link_create(prog_fd, cg_fd, attach_type)
+        try:
+            bpfsys.obj_pin(link_fd, pin)
+        finally:
+            os.close(link_fd)
+
+    def detach(self, cgroup: Path | None = None) -> None:
+        """Remove the programs from ``cgroup`` (every cgroup when None) and unpin their links."""
+        prefix = f"cg{os.stat(cgroup).st_ino}_" if cgroup is not None else "cg"
+        detach_links(self.links_dir, prefix)
+
+    def close(self) -> None:
+        """Drop this process's handles. Attachments and maps stay (they are pinned)."""
+        if self._bpf is not None:
+            with contextlib.suppress(Exception):
+                self._bpf.cleanup()
+            self._bpf = None
+        self._progs.clear()
+
+    def __enter__(self) -> SockLB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def detach_links(links_dir: Path, prefix: str = "cg") -> None:
+    if not links_dir.is_dir():
+        return
+    for pin in sorted(links_dir.iterdir()):
+        if not pin.name.startswith(prefix):
+            continue
+        link_fd = bpfsys.obj_get(pin)
+        try:
+            with contextlib.suppress(OSError):  # already defunct (cgroup removed)
+                bpfsys.link_detach(link_fd)
+        finally:
+            os.close(link_fd)
+        pin.unlink()
+
+
+def remove_pins(version_dir: Path) -> None:
+    """Detach every pinned link and delete the pin directory (maps go with their last user)."""
+    detach_links(version_dir / "links")
+    if version_dir.exists():
+        shutil.rmtree(version_dir)

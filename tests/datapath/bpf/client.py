@@ -1,0 +1,84 @@
+"""Client side of the BPF tests, run inside the test's netns AND cgroup (see conftest.run_client).
+
+Commands (argv[1]) print one JSON document on stdout:
+
+* ``tcp VIP PORT N``: N connects; per connect the backend's answer and getpeername(), or the
+  errno name when connect() failed.
+* ``udp VIP PORT N``: N unconnected sendto()/recvfrom(); the answer and the reply's source.
+* ``udpconn VIP PORT``: connect() a UDP socket, send, recv; getpeername().
+* ``loop VIP PORT SECONDS``: connect repeatedly for SECONDS; counts successes and failures.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import sys
+import time
+
+
+def tcp_once(vip: str, port: int) -> dict[str, object]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(3)
+        try:
+            s.connect((vip, port))
+        except OSError as exc:
+            return {"error": errno.errorcode.get(exc.errno or 0, str(exc))}
+        peer = "{}:{}".format(*s.getpeername())
+        answer = s.recv(64).decode()
+        return {"backend": answer, "peer": peer}
+
+
+def udp_once(vip: str, port: int) -> dict[str, object]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        try:
+            s.sendto(b"hi", (vip, port))
+            data, src = s.recvfrom(64)
+        except OSError as exc:
+            return {"error": errno.errorcode.get(exc.errno or 0, str(exc))}
+        return {"backend": data.decode(), "source": "{}:{}".format(*src)}
+
+
+def udp_connected(vip: str, port: int) -> dict[str, object]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.connect((vip, port))
+        s.send(b"hi")
+        data = s.recv(64)
+        return {"backend": data.decode(), "peer": "{}:{}".format(*s.getpeername())}
+
+
+def loop(vip: str, port: int, seconds: float) -> dict[str, object]:
+    ok, failed, errors = 0, 0, set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        result = tcp_once(vip, port)
+        if "error" in result:
+            failed += 1
+            errors.add(str(result["error"]))
+        else:
+            ok += 1
+        time.sleep(0.002)
+    return {"ok": ok, "failed": failed, "errors": sorted(errors)}
+
+
+def main(argv: list[str]) -> None:
+    cmd, vip, port = argv[0], argv[1], int(argv[2])
+    out: object
+    if cmd == "tcp":
+        out = [tcp_once(vip, port) for _ in range(int(argv[3]))]
+    elif cmd == "udp":
+        out = [udp_once(vip, port) for _ in range(int(argv[3]))]
+    elif cmd == "udpconn":
+        out = udp_connected(vip, port)
+    elif cmd == "loop":
+        out = loop(vip, port, float(argv[3]))
+    else:
+        raise SystemExit(f"unknown command {cmd!r}")
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

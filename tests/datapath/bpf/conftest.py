@@ -1,0 +1,225 @@
+"""Real-BPF fixtures: a network namespace with backends, a cgroup v2 directory, a pin directory.
+
+Why this shape: the socket LB only acts on sockets of processes in the cgroup it is attached to,
+so clients run as ``ip netns exec NS sh -c 'echo $$ > CG/cgroup.procs; exec python client.py'``:
+inside the test's own namespace (all traffic stays there) and inside the test's own cgroup.
+Backends are extra addresses on the namespace's loopback, served by one echo process. Every name
+is unique per run and everything is torn down also when a test fails: processes in the namespace
+and cgroup (ours by construction), links, pins, the cgroup and the namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.datapath.bpflayout import MapCapacities
+from services.datapath.bpfmaps import BpfLBMap
+from services.datapath.lbmap import (
+    PROTO_TCP,
+    BackendValue,
+    RevNatValue,
+    ServiceFlags,
+    ServiceKey,
+    ServiceValue,
+)
+from services.datapath.loader import SockLB, remove_pins
+from tests.conftest import unique_name
+
+HERE = Path(__file__).resolve().parent
+CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
+BPFFS = Path("/sys/fs/bpf")
+BACKENDS = ("10.244.0.11", "10.244.0.12", "10.244.0.13")
+BACKEND_PORT = 8080
+SMALL = MapCapacities(services=1024, backends=1024, revnat=256, affinity=256, sk_revnat=1024)
+
+pytestmark = pytest.mark.bpf
+
+
+def sh(*cmd: str) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _need_root_bpf() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the BPF tests need root (CAP_BPF, netns, cgroups): run them as root")
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[str]:
+    """A fresh netns: lo up, the backend addresses on lo, no route anywhere else."""
+    name = unique_name("weirt-")
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        for ip in BACKENDS:
+            sh("ip", "-n", name, "addr", "add", f"{ip}/32", "dev", "lo")
+        yield name
+    finally:
+        pids = subprocess.run(
+            ["ip", "netns", "pids", name], check=False, capture_output=True, text=True
+        )
+        kill_pids([int(p) for p in pids.stdout.split()])
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def make_cgroup() -> Path:
+    path = CGROUP_ROOT / unique_name("weir-test-", max_len=24)
+    path.mkdir()
+    return path
+
+
+def remove_cgroup(path: Path) -> None:
+    if not path.exists():
+        return
+    for _ in range(50):
+        procs = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+        kill_pids(procs)
+        try:
+            path.rmdir()
+            return
+        except OSError:
+            time.sleep(0.05)
+    path.rmdir()
+
+
+@pytest.fixture(scope="module")
+def cgroup() -> Iterator[Path]:
+    path = make_cgroup()
+    try:
+        yield path
+    finally:
+        remove_cgroup(path)
+
+
+@pytest.fixture(scope="module")
+def pin_root() -> Iterator[Path]:
+    path = BPFFS / unique_name("weir-test-", max_len=24)
+    try:
+        yield path
+    finally:
+        if path.exists():
+            for version in path.iterdir():
+                remove_pins(version)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def servers(netns: str) -> Iterator[subprocess.Popen[str]]:
+    addrs = [f"{ip}:{BACKEND_PORT}" for ip in BACKENDS]
+    cmd = ["ip", "netns", "exec", netns, sys.executable, str(HERE / "echo_server.py"), *addrs]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready", "echo server did not start"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def sock_lb(pin_root: Path, cgroup: Path) -> Iterator[SockLB]:
+    lb = SockLB(pin_root, SMALL)
+    try:
+        lb.load()
+        lb.attach(cgroup)
+        yield lb
+    finally:
+        with contextlib.suppress(Exception):
+            lb.detach(cgroup)
+        lb.close()
+
+
+@pytest.fixture
+def lbmap(sock_lb: SockLB) -> Iterator[BpfLBMap]:
+    """The module's maps, emptied before the test (each test programs its own services)."""
+    maps = sock_lb.maps()
+    try:
+        state = maps.dump()
+        maps.delete_services(state.services)
+        maps.delete_backends(state.backends)
+        maps.delete_revnat(state.revnat)
+        yield maps
+    finally:
+        maps.close()
+
+
+def client_cmd(netns: str, cgroup: Path, *args: str) -> list[str]:
+    # Join the cgroup first: `ip netns exec` remounts /sys, hiding the cgroup2 mount.
+    join = 'echo $$ > "$1"/cgroup.procs && shift && exec "$@"'
+    script = str(HERE / "client.py")
+    return [
+        "sh",
+        "-c",
+        join,
+        "sh",
+        str(cgroup),
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        sys.executable,
+        script,
+        *args,
+    ]
+
+
+def run_client(netns: str, cgroup: Path, *args: str, timeout: float = 60) -> object:
+    """Run client.py in the netns and cgroup; its JSON output."""
+    done = subprocess.run(
+        client_cmd(netns, cgroup, *args),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def program_service(
+    maps: BpfLBMap,
+    vip: str,
+    port: int,
+    backend_ids: list[int],
+    *,
+    proto: int = PROTO_TCP,
+    rev_nat_id: int = 1,
+    flags: ServiceFlags = ServiceFlags.NONE,
+    timeout: int = 0,
+) -> None:
+    """Backends 1..3 are BACKENDS[0..2] on BACKEND_PORT; write in the datapath-safe order."""
+    maps.update_backends(
+        {i: BackendValue(BACKENDS[i - 1], BACKEND_PORT, proto) for i in backend_ids if i <= 3}
+    )
+    maps.update_services(
+        {
+            ServiceKey(vip, port, proto, slot): ServiceValue(backend_id=bid, rev_nat_id=rev_nat_id)
+            for slot, bid in enumerate(backend_ids, start=1)
+        }
+    )
+    maps.update_revnat({rev_nat_id: RevNatValue(vip, port)})
+    if not backend_ids:
+        flags |= ServiceFlags.NO_BACKENDS
+    master = ServiceValue(
+        count=len(backend_ids), rev_nat_id=rev_nat_id, flags=flags, affinity_timeout=timeout
+    )
+    maps.update_services({ServiceKey(vip, port, proto): master})
