@@ -23,13 +23,15 @@ Usage (as root; call from a thread when inside asyncio, pyroute2's sync API runs
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from services.sandbox import hostfs, procs
-from services.sandbox.netns import LinuxNet, NetOps
+from services.sandbox.netns import LinuxNet, NetOps, netns_path
 from services.sandbox.state import (
     DEFAULT_STATE_ROOT,
     FileStateStore,
@@ -60,6 +62,7 @@ class Sandbox:
     net: NetOps = field(default_factory=LinuxNet)
     log_dir: Path = DEFAULT_STATE_ROOT / "logs"
     ready_timeout: float = 10.0
+    _children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(
@@ -206,8 +209,10 @@ class Sandbox:
         record = self._pod(key)
         log = self.log_dir / f"{record.namespace}_{record.name}.log"
         proc = procs.spawn(record.netns, self.cgroup_root / record.cgroup, argv, log)
+        self._children[key] = proc
         record.pid, record.log = proc.pid, str(log)
         self.store.save(self.state)
+        procs.wait_entered(proc, netns_path(record.netns), log, f"pod {key}", self.ready_timeout)
         if not command and procs.ECHO_MODULE in argv:
             procs.wait_for_log_line(proc, log, "ready", f"pod {key}", self.ready_timeout)
         return proc.pid
@@ -215,6 +220,7 @@ class Sandbox:
     def remove_pod(self, key: str) -> None:
         record = self._pod(key)
         hostfs.remove_cgroup_tree(self.cgroup_root, record.cgroup)
+        self._reap(key)
         self.net.delete_netns(record.netns)  # takes the veth pair (and the node's /32) with it
         self.state.forget("netns", record.netns)
         self.state.forget("cgroups", record.cgroup)
@@ -231,8 +237,19 @@ class Sandbox:
         record = self._pod(key)
         return procs.run(record.netns, self.cgroup_root / record.cgroup, argv, stdin, timeout)
 
+    def _reap(self, key: str) -> None:
+        """Collect the exit status of a killed child we spawned (no zombies in a long run)."""
+        proc = self._children.pop(key, None)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1.0)
+
     def down(self) -> None:
-        teardown_all(self.plan.sandbox_id, self.store, self.net, self.state)
+        try:
+            teardown_all(self.plan.sandbox_id, self.store, self.net, self.state)
+        finally:
+            for key in list(self._children):
+                self._reap(key)
 
 
 def teardown_all(

@@ -14,6 +14,7 @@ the kernel object once nothing else holds it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from pathlib import Path
@@ -87,19 +88,25 @@ def kill_cgroup(root: Path, rel: str, timeout: float = 5.0) -> None:
 
 
 def remove_cgroup_tree(root: Path, rel: str, timeout: float = 5.0) -> None:
-    """Kill everything in the subtree, then rmdir it bottom-up (cgroup files are not unlinked)."""
+    """Kill everything in the subtree, then rmdir it bottom-up (cgroup files are not unlinked).
+
+    A process that joins the subtree between the kill and the rmdir (a launcher that was just
+    starting) makes rmdir fail with EBUSY: kill again and retry until ``timeout``.
+    """
     path = _checked(root, rel)
-    if not path.is_dir():
-        return
-    kill_cgroup(root, rel, timeout)
-    dirs = [Path(d) for d, _s, _f in os.walk(path)]
-    for directory in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+    deadline = time.monotonic() + timeout
+    while path.is_dir():
+        kill_cgroup(root, rel, timeout)
         try:
-            directory.rmdir()
-        except FileNotFoundError:
-            pass
+            for directory in sorted(
+                (Path(d) for d, _s, _f in os.walk(path)), key=lambda p: len(p.parts), reverse=True
+            ):
+                with contextlib.suppress(FileNotFoundError):
+                    directory.rmdir()
         except OSError as exc:
-            raise HostFsError(f"cgroup {directory}: cannot remove: {exc.strerror}") from exc
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise HostFsError(f"cgroup {exc.filename}: cannot remove: {exc.strerror}") from exc
+            time.sleep(0.01)
 
 
 def remove_pin_tree(root: Path, rel: str) -> None:

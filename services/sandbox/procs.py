@@ -15,6 +15,7 @@ back is the workload itself and it is inside the pod's cgroup before its first i
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -90,6 +91,33 @@ def run(
         check=False,
     )
     return ExecResult(done.returncode, done.stdout, done.stderr)
+
+
+def wait_entered(
+    proc: subprocess.Popen[bytes], netns_file: Path, log: Path, what: str, timeout: float = 10.0
+) -> None:
+    """Wait until the launcher has joined the pod (cgroup first, then netns, then exec).
+
+    Without this, a teardown right after a spawn could run its ``cgroup.kill`` before the
+    launcher joined the cgroup, and the process would escape it.
+    """
+    want = os.stat(netns_file)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            have = os.stat(f"/proc/{proc.pid}/ns/net")
+            if (have.st_dev, have.st_ino) == (want.st_dev, want.st_ino):
+                return
+        except FileNotFoundError:
+            pass
+        if proc.poll() is not None:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            raise ProcError(
+                f"{what}: exited with {proc.returncode} before entering; log {log}:\n{text}"
+            )
+        if time.monotonic() > deadline:
+            raise ProcError(f"{what}: did not enter its namespace within {timeout}s; log {log}")
+        time.sleep(0.002)
 
 
 def wait_for_log_line(
