@@ -71,7 +71,10 @@ class ClusterIPAllocator:
         self._used.add(off)
         return None
 
-    def release(self, ip: str) -> None:
+    def release(self, ip: str, *, undo: bool = False) -> None:
+        """Free ``ip``; ``undo`` also rewinds the cursor (a create that failed after allocating)."""
         off = self.offset(ip)
         if off is not None:
             self._used.discard(off)
+            if undo and self._first <= off <= self._last:
+                self._cursor = off

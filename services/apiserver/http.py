@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from services.apiserver import resources
+from services.apiserver import openapi, resources
 from services.apiserver.metrics import ApiMetrics
 from services.apiserver.registry import Registry
 from services.apiserver.resources import STATUS_SUBRESOURCE, Resource
@@ -262,6 +262,15 @@ def build_app(registry: Registry, metrics: ApiMetrics, settings: HttpSettings) -
             {"compactedResourceVersion": str(rv), "resourceVersion": str(registry.store.rv)}
         )
 
+    async def openapi_v3(request: web.Request) -> web.Response:
+        tail = request.match_info.get("tail", "").strip("/")
+        doc = openapi.root_index() if not tail else openapi.group_version_doc(tail)
+        if doc is None:
+            return _error(
+                ApiError(404, "NotFound", "the server could not find the requested resource")
+            )
+        return _json(doc)
+
     async def openapi_missing(_r: web.Request) -> web.Response:
         return _error(ApiError(404, "NotFound", "the server could not find the requested resource"))
 
@@ -271,6 +280,8 @@ def build_app(registry: Registry, metrics: ApiMetrics, settings: HttpSettings) -
         app.router.add_get(path, health)
     app.router.add_get("/metrics", prom)
     app.router.add_post("/weir/compact", compact)
+    app.router.add_get("/openapi/v3", openapi_v3)
+    app.router.add_get("/openapi/v3/{tail:.*}", openapi_v3)
     app.router.add_get("/openapi/{tail:.*}", openapi_missing)
     app.router.add_route("*", "/api", handler.handle)
     app.router.add_route("*", "/apis", handler.handle)

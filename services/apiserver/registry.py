@@ -67,7 +67,7 @@ class Registry:
             return self.store.create(res, ns, obj)
         except ApiError:
             if allocated:
-                self.allocator.release(allocated)
+                self.allocator.release(allocated, undo=True)
             raise
 
     # -- replace / patch / status --------------------------------------------------------------
@@ -104,7 +104,7 @@ class Registry:
             stored = self.store.update(res, ns, obj, expected)
         except ApiError:
             if allocated:
-                self.allocator.release(allocated)
+                self.allocator.release(allocated, undo=True)
             raise
         if released:
             self.allocator.release(released)
