@@ -52,4 +52,6 @@ class FieldIssue(ValueError):
     def __init__(self, message: str, *loc: str | int) -> None:
         self.message = message
         self.loc: tuple[str | int, ...] = loc
-        super().__init__(message)
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        # str() names the sub-field too, for callers that validate models directly.
+        super().__init__(f"{where}: {message}" if where else message)

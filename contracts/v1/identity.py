@@ -14,7 +14,7 @@ import hashlib
 import re
 from typing import Annotated, Any, Final
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 
 from contracts.subjects import identity_subject, ipcache_subject
 from contracts.v1.envelope import Op
@@ -45,7 +45,11 @@ def _check_identity_label(value: Any) -> str:
     return value
 
 
-IdentityLabel = Annotated[str, BeforeValidator(_check_identity_label)]
+IdentityLabel = Annotated[
+    str,
+    BeforeValidator(_check_identity_label),
+    WithJsonSchema({"type": "string", "pattern": "^[a-z][a-z0-9-]{0,31}:[^=]+=.*$"}),
+]
 IdentityId = Annotated[int, Field(ge=1, le=MAX_IDENTITY, strict=True)]
 
 

@@ -16,7 +16,15 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    WithJsonSchema,
+)
 
 from contracts.v1.errors import FieldIssue
 
@@ -179,24 +187,72 @@ def _utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_utc), Field(description="UTC timestamp")]
-IPAddress = Annotated[str, BeforeValidator(_canonical_ip), Field(description="IP address")]
-IPv4Address = Annotated[str, BeforeValidator(_canonical_ipv4), Field(description="IPv4 address")]
-IPv6Address = Annotated[str, BeforeValidator(_canonical_ipv6), Field(description="IPv6 address")]
-CIDR = Annotated[str, BeforeValidator(_canonical_cidr), Field(description="IP prefix, canonical")]
-Port = Annotated[int, BeforeValidator(_check_port), Field(ge=1, le=65535)]
-PortName = Annotated[str, BeforeValidator(_check_port_name), Field(max_length=15)]
-PortOrName = Annotated[int | str, BeforeValidator(_check_port_or_name)]
-DNSLabel = Annotated[str, BeforeValidator(check_dns_label), Field(max_length=63)]
-DNSSubdomain = Annotated[str, BeforeValidator(check_dns_subdomain), Field(max_length=253)]
+_IP_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+    "type": "string",
+    "description": "IP address in canonical (ipaddress) form",
+}
+_LABEL_VALUE_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "maxLength": 63,
+    "pattern": f"^({_LABEL_NAME.pattern})?$",
+}
+_PORT_NAME_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "maxLength": 15,
+    "pattern": f"^{_IANA_SVC_NAME.pattern}$",
+}
+_PORT_SCHEMA: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 65535}
+
+IPAddress = Annotated[str, BeforeValidator(_canonical_ip), WithJsonSchema(_IP_SCHEMA)]
+IPv4Address = Annotated[
+    str, BeforeValidator(_canonical_ipv4), WithJsonSchema({"type": "string", "format": "ipv4"})
+]
+IPv6Address = Annotated[
+    str, BeforeValidator(_canonical_ipv6), WithJsonSchema({"type": "string", "format": "ipv6"})
+]
+CIDR = Annotated[
+    str,
+    BeforeValidator(_canonical_cidr),
+    WithJsonSchema(
+        {"type": "string", "pattern": "^[0-9A-Fa-f.:]+/[0-9]{1,3}$", "description": "IP prefix"}
+    ),
+]
+Port = Annotated[int, BeforeValidator(_check_port), WithJsonSchema(_PORT_SCHEMA)]
+PortName = Annotated[str, BeforeValidator(_check_port_name), WithJsonSchema(_PORT_NAME_SCHEMA)]
+PortOrName = Annotated[
+    int | str,
+    BeforeValidator(_check_port_or_name),
+    WithJsonSchema({"anyOf": [_PORT_SCHEMA, _PORT_NAME_SCHEMA]}),
+]
+DNSLabel = Annotated[
+    str,
+    BeforeValidator(check_dns_label),
+    WithJsonSchema({"type": "string", "maxLength": 63, "pattern": f"^{_DNS_LABEL.pattern}$"}),
+]
+DNSSubdomain = Annotated[
+    str,
+    BeforeValidator(check_dns_subdomain),
+    WithJsonSchema({"type": "string", "maxLength": 253, "pattern": f"^{_DNS_SUBDOMAIN.pattern}$"}),
+]
 Labels = Annotated[
     dict[str, str],
     BeforeValidator(_check_labels),
-    Field(max_length=MAX_LABELS, description="Kubernetes labels, sorted by key"),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": MAX_LABELS,
+            "propertyNames": {"maxLength": 317},
+            "additionalProperties": _LABEL_VALUE_SCHEMA,
+            "description": f"Kubernetes labels, sorted by key; at most {MAX_LABELS} labels"
+            f" and {MAX_LABELS_BYTES} bytes",
+        }
+    ),
 ]
 StrictBool = Annotated[bool, Strict()]
-Count = Annotated[int, Strict(), Field(ge=0)]
+Count = Annotated[int, Field(ge=0), Strict()]
 Protocol = Literal["TCP", "UDP", "SCTP"]
-NonEmptyStr = Annotated[str, Strict(), Field(min_length=1)]
+NonEmptyStr = Annotated[str, Field(min_length=1), Strict()]
 
 
 __all__ = [

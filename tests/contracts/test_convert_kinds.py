@@ -8,6 +8,7 @@ must give a ContractError that names a real field path, never another exception 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -82,7 +83,7 @@ def test_realistic_namespace_and_node() -> None:
 
 
 def test_node_single_pod_cidr_and_bad_address() -> None:
-    raw = {"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.7.0/24"}}
+    raw: dict[str, Any] = {"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.7.0/24"}}
     node = from_k8s("node", raw)
     assert isinstance(node, Node) and node.pod_cidrs == ["10.244.7.0/24"]
     raw["status"] = {"addresses": [{"type": "Hostname", "address": "n1"}]}
