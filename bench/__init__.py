@@ -1,0 +1,1 @@
+"""Weir benchmarks: side by side against kube-proxy-shaped iptables (docs/benchmarks.md)."""

@@ -1,0 +1,61 @@
+"""Connect-latency client, run inside a benchmark network namespace and cgroup.
+
+It joins the cgroup given on the command line (so a cgroup sock_addr program applies to it),
+then serves requests from the harness on stdin, one JSON line each:
+``{"targets": [[ip, port], ...], "count": N}`` -> ``{"ns": [t1, t2, ...], "errors": E}``,
+where each ``t`` is the wall time of one blocking ``connect()`` in nanoseconds. Sockets close with
+SO_LINGER 0 (RST instead of FIN) so no TIME_WAIT state builds up and distorts later connects.
+Keeping one long-lived process per contender lets the harness interleave contenders round by round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import struct
+import sys
+import time
+
+LINGER_RST = struct.pack("ii", 1, 0)
+
+
+def join_cgroup(path: str) -> None:
+    with open(os.path.join(path, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+
+
+def measure(targets: list[tuple[str, int]], count: int) -> tuple[list[int], int]:
+    timings: list[int] = []
+    errors = 0
+    rng = random.Random(count)
+    for _ in range(count):
+        target = targets[rng.randrange(len(targets))]
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+        t0 = time.perf_counter_ns()
+        try:
+            s.connect(target)
+        except OSError:
+            errors += 1
+            s.close()
+            continue
+        timings.append(time.perf_counter_ns() - t0)
+        s.close()
+    return timings, errors
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1]:
+        join_cgroup(sys.argv[1])
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        targets = [(str(ip), int(port)) for ip, port in req["targets"]]
+        timings, errors = measure(targets, int(req["count"]))
+        print(json.dumps({"ns": timings, "errors": errors}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

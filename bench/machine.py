@@ -1,0 +1,36 @@
+"""What machine a benchmark ran on: every result file and table carries this."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+
+def describe() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_kib = 0
+    try:
+        with open("/proc/meminfo") as f:
+            mem_kib = int(f.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    iptables = subprocess.run(
+        ["iptables", "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "kernel": platform.release(),
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory_gib": f"{mem_kib / 1024 / 1024:.1f}",
+        "python": platform.python_version(),
+        "iptables": iptables,
+    }

@@ -1,0 +1,1 @@
+"""Operator tools: status, inspection, trace and replay (read the bus and the maps)."""
