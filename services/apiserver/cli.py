@@ -7,7 +7,6 @@ call in-process. Heavy imports (aiohttp) happen inside the command so ``weir --h
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -53,18 +52,19 @@ def apiserver_command(
         ),
     ] = False,
     log_level: Annotated[
-        str, typer.Option(envvar="WEIR_LOG_LEVEL", help="Logging level (debug logs requests).")
-    ] = "info",
+        str, typer.Option(envvar="WEIR_LOG_LEVEL", help="Logging level (DEBUG logs requests).")
+    ] = "INFO",
+    log_format: Annotated[
+        str, typer.Option(envvar="WEIR_LOG_FORMAT", help="text or json.")
+    ] = "text",
 ) -> None:
     """Run the Kubernetes API stand-in (core/v1, discovery.k8s.io/v1, networking.k8s.io/v1)."""
     from services.apiserver.manifests import ManifestError  # noqa: PLC0415
     from services.apiserver.server import ApiServerConfig  # noqa: PLC0415
+    from services.common.logging import setup_logging  # noqa: PLC0415
 
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
     try:
+        setup_logging(log_level, log_format)
         host, port = ApiServerConfig.parse_listen(listen)
         config = ApiServerConfig(
             host=host,

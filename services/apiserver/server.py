@@ -22,6 +22,7 @@ from services.apiserver.metrics import ApiMetrics
 from services.apiserver.registry import NAMESPACES, Registry
 from services.apiserver.store import Store
 from services.apiserver.validation import contracts_validator
+from services.common.settings import parse_listen
 
 CONTEXT = "weir-sandbox"
 INITIAL_NAMESPACES = ("default", "kube-system")
@@ -40,10 +41,10 @@ class ApiServerConfig:
 
     @staticmethod
     def parse_listen(listen: str) -> tuple[str, int]:
-        host, sep, port = listen.rpartition(":")
-        if not sep or not port.isdigit() or int(port) > 65535:
-            raise ValueError(f"--listen must be HOST:PORT, got {listen!r}")
-        return host.strip("[]") or "127.0.0.1", int(port)
+        parsed = parse_listen(listen)
+        if parsed is None:
+            raise ValueError("--listen must be HOST:PORT, got an empty value")
+        return parsed
 
 
 @dataclass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -10,7 +12,8 @@ import pytest
 from kubernetes_asyncio import watch
 from kubernetes_asyncio.client import ApiException
 
-from tests.apiserver.conftest import Kube
+from services.apiserver.server import ApiServerConfig
+from tests.apiserver.conftest import Kube, open_kube
 
 
 def svc(name: str, port: int = 80) -> dict[str, Any]:
@@ -168,3 +171,38 @@ async def test_watch_timeout_ends_stream(kube: Kube) -> None:
     assert events == []
     assert 0.8 < loop.time() - start < 3
     assert kube.server.store.open_watches == 0
+
+
+async def test_stop_ends_open_watches_promptly(kube: Kube) -> None:
+    stream = watch.Watch().stream(kube.core.list_namespaced_pod, "default", timeout_seconds=60)
+    task = asyncio.create_task(collect(stream, 10, within=10))
+    await asyncio.sleep(0.2)
+    assert kube.server.store.open_watches == 1
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await kube.server.stop()
+    assert loop.time() - start < 1.5
+    assert kube.server.store.open_watches == 0
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+async def test_retain_events_window_expires_old_resource_versions(tmp_path: Path) -> None:
+    k = await open_kube(ApiServerConfig(port=0, kubeconfig_out=tmp_path / "kc", retain_events=2))
+    try:
+        first = await k.core.create_namespaced_service("default", svc("a"))
+        for name in ("b", "c", "d"):
+            await k.core.create_namespaced_service("default", svc(name))
+        stream = watch.Watch().stream(
+            k.core.list_namespaced_service,
+            "default",
+            resource_version=first.metadata.resource_version,
+            timeout_seconds=5,
+        )
+        with pytest.raises(ApiException) as exc:
+            await collect(stream, 1)
+        assert exc.value.status == 410
+    finally:
+        await k.api.close()
+        await k.server.stop()
