@@ -1,0 +1,95 @@
+"""The normaliser turns any API input into an observation; garbage becomes Invalid, never raises."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from contracts.v1 import K8sEvent
+from services.watcher.observe import digest_of, make_normaliser
+from services.watcher.state import Invalid, ObjectKey, Valid
+from tests.watcher.samples import sample
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+normalise = make_normaliser("test", clock=lambda: T0)
+
+
+def stamped(kind: str, name: str, rv: str = "5") -> dict[str, Any]:
+    obj = sample(kind, name)
+    obj["metadata"].update(uid="uid-1", resourceVersion=rv)
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("obj", "field"),
+    [
+        ("not an object", ""),
+        (["a", "list"], ""),
+        ({"metadata": "nope"}, "metadata"),
+        (
+            {"metadata": {"name": "x", "namespace": "default", "uid": "u"}},
+            "metadata.resourceVersion",
+        ),
+        (
+            {
+                "metadata": {
+                    "name": "Bad_Name",
+                    "namespace": "default",
+                    "uid": "u",
+                    "resourceVersion": "1",
+                }
+            },
+            "metadata.name",
+        ),
+        (
+            {**stamped("service", "s"), "spec": {"ports": [{"port": "placeholder"}]}},
+            "spec.ports[0].port",
+        ),
+        (
+            {
+                **stamped("service", "s"),
+                "metadata": {**stamped("service", "s")["metadata"], "labels": ["x"]},
+            },
+            "metadata.labels",
+        ),
+    ],
+)
+def test_garbage_becomes_invalid_with_field(obj: Any, field: str) -> None:
+    obs = normalise("service", obj)
+    assert isinstance(obs, Invalid)
+    assert obs.field == field
+    assert obs.message
+
+
+def test_valid_object_key_and_fingerprint() -> None:
+    obs = normalise("service", stamped("service", "web"))
+    assert isinstance(obs, Valid)
+    assert obs.key == ObjectKey("service", "default", "web")
+    assert (obs.fingerprint.uid, obs.fingerprint.resource_version) == ("uid-1", "5")
+    assert obs.fingerprint.digest == digest_of(obs.payload)
+
+
+def test_cluster_scoped_key_has_no_namespace() -> None:
+    obj = stamped("node", "n1.example")
+    obj["metadata"]["namespace"] = "ignored"
+    obs = normalise("node", obj)
+    assert obs.key == ObjectKey("node", None, "n1.example")
+
+
+def test_digest_ignores_resource_version_but_not_content() -> None:
+    a = normalise("service", stamped("service", "web", rv="5"))
+    b = normalise("service", stamped("service", "web", rv="6"))
+    other = stamped("service", "web", rv="7")
+    other["spec"]["ports"][0]["port"] = 81
+    c = normalise("service", other)
+    assert isinstance(a, Valid) and isinstance(b, Valid) and isinstance(c, Valid)
+    assert a.fingerprint.digest == b.fingerprint.digest != c.fingerprint.digest
+
+
+def test_digest_survives_a_round_trip_through_json() -> None:
+    obs = normalise("pod", stamped("pod", "p"))
+    assert isinstance(obs, Valid)
+    back = K8sEvent.model_validate_json(obs.payload.model_dump_json())
+    assert digest_of(back) == obs.fingerprint.digest
