@@ -1,0 +1,100 @@
+"""``weir datapath``: option parsing and signal handling around :func:`run_datapath`.
+
+Everything with behaviour lives in :mod:`services.datapath.worker`, which tests run in-process;
+this module maps options (each also a ``WEIR_*`` variable) onto :class:`DatapathSettings`, so
+bad values fail at start-up naming the option. bcc, NATS and the worker are imported inside the
+command so ``weir --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Annotated
+
+import typer
+
+
+def datapath_command(
+    node: Annotated[
+        str, typer.Option("--node", envvar="WEIR_NODE", help="Kubernetes node this worker serves.")
+    ] = "",
+    nats: Annotated[
+        str, typer.Option("--nats", envvar="WEIR_NATS_URL", help="NATS URL(s), comma-separated.")
+    ] = "nats://127.0.0.1:4222",
+    cgroup: Annotated[
+        str,
+        typer.Option(
+            "--cgroup", envvar="WEIR_CGROUP", help="cgroup2 directory to attach the socket LB to."
+        ),
+    ] = "",
+    pin_dir: Annotated[
+        str,
+        typer.Option(
+            "--pin-dir",
+            envvar="WEIR_PIN_DIR",
+            help="bpffs directory for pinned maps/links; empty: /sys/fs/bpf/weir/<node>.",
+        ),
+    ] = "",
+    metrics_listen: Annotated[
+        str,
+        typer.Option(
+            "--metrics-listen",
+            envvar="WEIR_METRICS_LISTEN",
+            help="HOST:PORT for /metrics /healthz /readyz; empty: off.",
+        ),
+    ] = "",
+    maps: Annotated[
+        str,
+        typer.Option(
+            "--maps", envvar="WEIR_MAPS", help="bpf (real eBPF maps) or fake (in-memory, tests)."
+        ),
+    ] = "bpf",
+    log_level: Annotated[
+        str, typer.Option("--log-level", envvar="WEIR_LOG_LEVEL", help="Logging level.")
+    ] = "INFO",
+    log_format: Annotated[
+        str, typer.Option("--log-format", envvar="WEIR_LOG_FORMAT", help="text or json.")
+    ] = "text",
+) -> None:
+    """Program this node's eBPF service maps from the bus (bootstrap, then follow changes)."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from services.common.logging import setup_logging  # noqa: PLC0415
+    from services.datapath.worker import DatapathSettings  # noqa: PLC0415
+
+    try:
+        settings = DatapathSettings(
+            node_name=node,
+            nats_url=nats,
+            cgroup=cgroup,
+            pin_dir=pin_dir,
+            metrics_listen=metrics_listen,
+            maps=maps,
+            log_level=log_level,
+            log_format=log_format,
+        )
+        if settings.maps == "bpf" and not settings.cgroup:
+            raise ValueError("--cgroup is required with --maps bpf")
+    except (ValidationError, ValueError) as exc:
+        typer.echo(f"weir datapath: invalid option: {exc}", err=True)
+        raise typer.Exit(2) from None
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(_serve(settings))
+    except Exception as exc:  # loader/bus start-up failures: one clear line, exit 1
+        typer.echo(f"weir datapath: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+async def _serve(settings: object) -> None:
+    from services.datapath.worker import DatapathSettings, run_datapath  # noqa: PLC0415
+
+    assert isinstance(settings, DatapathSettings)
+    task = asyncio.create_task(run_datapath(settings))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,41 @@
+"""Prometheus metrics of the datapath worker (default registry, served by the ops server).
+
+Kept in one module so names are defined once and tests can read them by name; no node label,
+because one process serves one node (tests running several workers share the counters, which
+is why tests compare deltas).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SYNC_DURATION = Histogram(
+    "weir_datapath_sync_duration_seconds",
+    "Time to turn a batch of changes (or a full sync) into map writes.",
+    ["kind"],  # full | incremental | retry
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+MAP_ENTRIES = Gauge("weir_datapath_map_entries", "Entries in each LB map.", ["map"])
+MAP_CAPACITY = Gauge("weir_datapath_map_capacity", "max_entries of each LB map.", ["map"])
+MAP_FILL = Gauge("weir_datapath_map_fill_ratio", "entries / capacity of each LB map.", ["map"])
+MAP_WRITES = Counter("weir_datapath_map_writes_total", "Entry writes issued to the LB maps.")
+MAP_WRITE_ERRORS = Counter(
+    "weir_datapath_map_write_errors_total",
+    "Failed map writes, by map and kind (full: no room; error: anything else).",
+    ["map", "kind"],
+)
+PENDING_FRONTENDS = Gauge(
+    "weir_datapath_pending_frontends", "Frontends whose last write failed, awaiting retry."
+)
+SERVICES = Gauge("weir_datapath_services", "Services that yield at least one frontend.")
+FRONTENDS = Gauge("weir_datapath_frontends", "Desired frontends (vip, port, proto).")
+BACKENDS = Gauge("weir_datapath_backends", "Distinct desired backends (ip, port, proto).")
+APPLIED_SEQUENCE = Gauge(
+    "weir_datapath_applied_sequence", "Last WEIR_K8S stream sequence applied to the maps."
+)
+BAD_MESSAGES = Counter(
+    "weir_datapath_bad_messages_total", "Messages that are not valid K8sEvents (skipped).", ["kind"]
+)
+MODEL_ERRORS = Gauge(
+    "weir_datapath_model_errors", "Current problems in the desired state (e.g. VIP conflicts)."
+)

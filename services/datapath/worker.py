@@ -1,0 +1,338 @@
+"""The per-node datapath worker: bus in, eBPF map writes out, status back to the bus.
+
+Lifecycle, and why: (1) open the maps (pinned eBPF maps via the loader, or in-memory fakes for
+tests) and rebuild the reconciler's mirror and id allocators from them, so a restart renumbers
+nothing and traffic keeps flowing on the old entries; (2) bootstrap from the bus with
+last-per-subject snapshots of Services and EndpointSlices; (3) apply that full desired state
+and only then prune, because before the snapshot is complete an entry missing from the model may
+just not have been read yet; (4) consume from the snapshot's sequence on with a durable pull
+consumer named after the node, coalescing each fetched batch into one apply and acking only
+after its writes succeeded.
+
+A full map is not a crash and not a reason to stop the stream: the frontends that did not fit
+stay pending (retried on every batch and on idle ticks), the error is logged, counted and put in
+the NodeStatus, and the batch is acked. Any other map error naks the batch for redelivery. A
+message that is not a valid K8sEvent is logged with the object and field, counted, and acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError, field_validator
+
+from contracts.subjects import (
+    STREAM_K8S,
+    SubjectError,
+    escape_token,
+    k8s_filter,
+    parse_k8s_subject,
+    status_subject,
+)
+from contracts.v1 import K8sEvent, MapFill, NodeStatus
+from services.common.bus import Bus, connect_bus, provision, publish
+from services.common.consume import DurableSpec, last_per_subject
+from services.common.ops import OpsServer, start_ops_server
+from services.common.settings import WeirSettings
+from services.datapath import metrics as m
+from services.datapath.frontend import Frontend
+from services.datapath.lbmap import LBMap
+from services.datapath.model import DesiredState
+from services.datapath.reconcile import ApplyResult, Reconciler
+
+log = logging.getLogger(__name__)
+
+KINDS = ("service", "endpointslice")
+
+
+class DatapathSettings(WeirSettings):
+    node_name: str
+    cgroup: str = ""
+    pin_dir: str = ""  # empty: the loader's default (/sys/fs/bpf/weir/<node>)
+    maps: Literal["bpf", "fake"] = "bpf"
+    batch: int = 512
+    fetch_timeout: float = 0.5
+    retry_interval: float = 1.0
+
+    @field_validator("node_name")
+    @classmethod
+    def _node(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("node_name: required (the Kubernetes node this worker serves)")
+        return v.strip()
+
+
+def durable_name(node: str) -> str:
+    return f"datapath-{escape_token(node)}"
+
+
+class DatapathWorker:
+    """The state of one node's worker; :meth:`run` drives it until cancelled."""
+
+    def __init__(
+        self,
+        settings: DatapathSettings,
+        bus: Bus,
+        lbmap: LBMap,
+        program_versions: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.node = settings.node_name
+        self.bus = bus
+        self.lbmap = lbmap
+        self.model = DesiredState(self.node)
+        self.reconciler = Reconciler(lbmap)  # mirror + allocators restored from the maps
+        self.program_versions = program_versions or {}
+        self.synced = False
+        self.applied_seq = 0
+        self.errors: list[str] = []
+        self._seen: dict[str, int] = {}  # subject -> newest stream sequence absorbed
+
+    def ready(self) -> bool | str:
+        return True if self.synced else "bootstrap from the bus not complete"
+
+    async def run(self) -> None:
+        start = await self.bootstrap()
+        await self.consume(start)
+
+    async def bootstrap(self) -> int:
+        """Snapshot, full apply, prune. Returns the first stream sequence to consume."""
+        js = self.bus.js
+        snapshot_seqs: list[int] = []
+        messages: list[Msg] = []
+        for kind in KINDS:
+            snap = await last_per_subject(js, STREAM_K8S, k8s_filter(kind))
+            snapshot_seqs.append(snap.sequence)
+            messages.extend(snap.messages)
+        # each kind's snapshot is complete up to its own sequence: resume after the older one
+        first = min(snapshot_seqs)
+        self.applied_seq = max(self.applied_seq, first)
+        messages.sort(key=lambda msg: msg.metadata.sequence.stream)
+        for msg in messages:
+            self._absorb(msg)
+        self.model.flush()
+        started = time.perf_counter()
+        result = await asyncio.to_thread(self.reconciler.apply, self.model.frontends, prune=True)
+        m.SYNC_DURATION.labels("full").observe(time.perf_counter() - started)
+        self._account(result)
+        self.synced = True
+        log.info(
+            "%s: full sync of %d objects: %d frontends, %d writes, %d errors",
+            self.node,
+            len(messages),
+            len(self.model.frontends),
+            result.writes,
+            len(result.errors),
+        )
+        await self.publish_status()
+        return first + 1
+
+    async def consume(self, start_seq: int) -> None:
+        js = self.bus.js
+        durable = durable_name(self.node)
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(STREAM_K8S, durable)  # the snapshot covers its backlog
+        spec = DurableSpec(
+            stream=STREAM_K8S,
+            durable=durable,
+            filter_subjects=tuple(k8s_filter(kind) for kind in KINDS),
+            max_ack_pending=max(4 * self.settings.batch, 1024),
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start_seq,
+        )
+        await js.add_consumer(STREAM_K8S, spec.config())
+        psub = await js.pull_subscribe_bind(durable=durable, stream=STREAM_K8S)
+        last_retry = time.monotonic()
+        me = asyncio.current_task()
+        try:
+            while True:
+                try:
+                    msgs = await psub.fetch(
+                        self.settings.batch, timeout=self.settings.fetch_timeout
+                    )
+                except (nats.errors.TimeoutError, TimeoutError):
+                    msgs = []
+                except NotFoundError:
+                    log.warning("%s: consumer %s vanished; recreating", self.node, durable)
+                    spec = dataclasses.replace(spec, opt_start_seq=self.applied_seq + 1)
+                    await js.add_consumer(STREAM_K8S, spec.config())
+                    continue
+                except (nats.errors.Error, OSError) as exc:
+                    log.warning("%s: fetch failed (%r); retrying", self.node, exc)
+                    await asyncio.sleep(0.2)
+                    continue
+                finally:
+                    # nats-py's fetch can turn a cancellation into a timeout: honour it here
+                    if me is not None and me.cancelling():
+                        raise asyncio.CancelledError
+                if msgs:
+                    await self.handle_batch(msgs)
+                elif self.reconciler.pending and (
+                    time.monotonic() - last_retry >= self.settings.retry_interval
+                ):
+                    last_retry = time.monotonic()
+                    await self._apply(set(), "retry")
+                    await self.publish_status()
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    async def handle_batch(self, msgs: Sequence[Msg]) -> None:
+        """Absorb every message, apply once, then ack (or nak the batch on a map error)."""
+        for msg in msgs:
+            self._absorb(msg)
+        changed = self.model.flush()
+        result = await self._apply(changed, "incremental")
+        if result.errors and not result.full:
+            for msg in msgs:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=self.settings.retry_interval)
+            return
+        for msg in msgs:
+            await msg.ack()
+        self.applied_seq = max(self.applied_seq, *(msg.metadata.sequence.stream for msg in msgs))
+        await self.publish_status()
+
+    async def _apply(self, changed: set[Frontend], kind: str) -> ApplyResult:
+        started = time.perf_counter()
+        result = await asyncio.to_thread(self.reconciler.apply, self.model.frontends, changed)
+        m.SYNC_DURATION.labels(kind).observe(time.perf_counter() - started)
+        self._account(result)
+        return result
+
+    def _absorb(self, msg: Msg) -> None:
+        """Decode one bus message into the model; skip stale or invalid ones."""
+        seq = msg.metadata.sequence.stream
+        if seq <= self._seen.get(msg.subject, 0):
+            return  # already absorbed (snapshot or an earlier delivery)
+        self._seen[msg.subject] = seq
+        try:
+            event = K8sEvent.model_validate_json(msg.data)
+        except ValidationError as exc:
+            self._bad(msg, exc)
+            return
+        if event.subject() != msg.subject:
+            log.error("%s: %s carries %s; skipped", self.node, msg.subject, event.subject())
+            m.BAD_MESSAGES.labels(event.kind).inc()
+            return
+        self.model.apply(event)
+
+    def _bad(self, msg: Msg, exc: ValidationError) -> None:
+        try:
+            kind, ns, name = parse_k8s_subject(msg.subject)
+            obj = f"{kind} {ns}/{name}" if ns else f"{kind} {name}"
+        except SubjectError:
+            kind, obj = "unknown", msg.subject
+        first = exc.errors()[0] if exc.errors() else None
+        where = ".".join(str(p) for p in first["loc"]) if first else ""
+        why = first["msg"] if first else str(exc)
+        log.error("%s: invalid message for %s (seq %d): %s: %s; skipped", self.node, obj,
+                  msg.metadata.sequence.stream, where or "<message>", why)  # fmt: skip
+        m.BAD_MESSAGES.labels(kind).inc()
+
+    def _account(self, result: ApplyResult) -> None:
+        m.MAP_WRITES.inc(result.writes)
+        self.errors = [e.message for e in result.errors]
+        for err in result.errors:
+            m.MAP_WRITE_ERRORS.labels(err.map_name, "full" if err.full else "error").inc()
+            log.error("%s: map write failed for %s: %s", self.node, err.frontend, err.message)
+        m.PENDING_FRONTENDS.set(len(self.reconciler.pending))
+        for name, (entries, capacity) in self.lbmap.fill().items():
+            m.MAP_ENTRIES.labels(name).set(entries)
+            m.MAP_CAPACITY.labels(name).set(capacity)
+            m.MAP_FILL.labels(name).set(entries / capacity if capacity else 0.0)
+        counts = self.model.counts()
+        m.SERVICES.set(counts["services"])
+        m.FRONTENDS.set(counts["frontends"])
+        m.BACKENDS.set(counts["backends"])
+        problems = self.model.problems()
+        m.MODEL_ERRORS.set(len(problems))
+        self.errors.extend(problems)
+
+    def status(self) -> NodeStatus:
+        fill = self.lbmap.fill()
+        return NodeStatus(
+            node=self.node,
+            applied={STREAM_K8S: self.applied_seq},
+            maps={k: MapFill(entries=e, capacity=c) for k, (e, c) in fill.items()},
+            program_versions=self.program_versions,
+            errors=self.errors[:100],
+            time=datetime.now(UTC),
+        )
+
+    async def publish_status(self) -> None:
+        m.APPLIED_SEQUENCE.set(self.applied_seq)
+        status = self.status()
+        body = status.model_dump_json(exclude={"time"}).encode()
+        msg_id = f"status/{self.node}/{self.applied_seq}/{hashlib.sha256(body).hexdigest()[:16]}"
+        try:
+            await publish(self.bus.js, status_subject(self.node), status, msg_id=msg_id)
+        except Exception as exc:  # status is best effort; the maps are what matters
+            log.warning("%s: cannot publish status: %r", self.node, exc)
+
+
+def open_maps(settings: DatapathSettings) -> tuple[LBMap, Callable[[], None], dict[str, str]]:
+    """The node's LB maps: load + attach the BPF programs (pinned, reused across restarts) or,
+    with ``maps=fake``, in-memory maps for tests without a kernel. Returns (maps, close,
+    program versions)."""
+    if settings.maps == "fake":
+        from services.datapath.fakemaps import FakeLBMap  # noqa: PLC0415
+
+        return FakeLBMap(), lambda: None, {}
+    from services.datapath import loader  # noqa: PLC0415 - bcc only where the kernel is used
+
+    if not settings.cgroup:
+        raise ValueError("cgroup: required with maps=bpf (the cgroup2 path to attach to)")
+    pin_dir = (
+        Path(settings.pin_dir) if settings.pin_dir else loader.default_pin_dir(settings.node_name)
+    )
+    sock = loader.SockLB(pin_dir)
+    sock.load()
+    try:
+        sock.attach(Path(settings.cgroup))
+        bpf_maps = sock.maps()
+    except BaseException:
+        sock.close()
+        raise
+
+    def close() -> None:
+        bpf_maps.close()
+        sock.close()  # the programs stay attached through their pinned links
+
+    return bpf_maps, close, {"sock_lb": loader.DEFAULT_VERSION}
+
+
+async def run_datapath(settings: DatapathSettings, *, lbmap: LBMap | None = None) -> None:
+    """Run one node's worker until cancelled. ``lbmap`` overrides the maps (tests pass a fake
+    that outlives the worker, like pinned maps outlive a process)."""
+    close: Callable[[], None] = lambda: None  # noqa: E731
+    versions: dict[str, str] = {}
+    if lbmap is None:
+        lbmap, close, versions = open_maps(settings)
+    bus: Bus | None = None
+    ops: OpsServer | None = None
+    try:
+        bus = await connect_bus(settings.nats_url, f"datapath-{settings.node_name}")
+        await provision(bus.js)
+        worker = DatapathWorker(settings, bus, lbmap, versions)
+        ops = await start_ops_server(settings.metrics_listen, ready=worker.ready)
+        await worker.run()
+    finally:
+        if ops is not None:
+            await ops.close()
+        if bus is not None:
+            await bus.close()
+        close()

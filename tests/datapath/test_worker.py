@@ -1,0 +1,244 @@
+"""The datapath worker against a real nats-server, with in-memory maps standing in for the
+pinned eBPF maps (the same FakeLBMap instance survives a worker restart, as pins do).
+
+Covers: bootstrap from last-per-subject to the golden maps; live changes; a restart renumbers
+nothing; a Service deleted while the worker was down is gone after restart; NodeStatus; a full
+map keeps the worker going; an invalid message is skipped; the CLI process serves /readyz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client import REGISTRY
+
+from contracts.subjects import STREAM_K8S, STREAM_STATUS, k8s_subject, status_subject
+from contracts.v1 import K8sEvent, NodeStatus, Op
+from services.common.bus import Bus, connect_bus, publish
+from services.common.ops import start_ops_server
+from services.datapath.fakemaps import FakeLBMap, check_consistent
+from services.datapath.lbmap import LBMapState
+from services.datapath.reconcile import Reconciler
+from services.datapath.render import render, resolved
+from services.datapath.worker import DatapathSettings, DatapathWorker, durable_name
+from tests.conftest import NatsServer, free_port
+from tests.datapath.manifests import NODE, TESTDATA, desired, events
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def eventually(check: Callable[[], bool], within: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(0.02)
+
+
+async def publish_events(bus: Bus, evs: list[K8sEvent]) -> int:
+    seq = 0
+    for ev in evs:
+        ack = await publish(bus.js, ev.subject(), ev, msg_id=ev.msg_id())
+        seq = ack.seq
+    return seq
+
+
+class Running:
+    def __init__(self, worker: DatapathWorker, task: asyncio.Task[None], bus: Bus) -> None:
+        self.worker, self.task, self.bus = worker, task, bus
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.bus.close()
+
+
+@pytest.fixture
+async def start_worker(
+    nats_server: NatsServer,
+) -> AsyncIterator[Callable[[FakeLBMap], asyncio.Future[Running]]]:
+    running: list[Running] = []
+
+    async def start(lbmap: FakeLBMap) -> Running:
+        settings = DatapathSettings(node_name=NODE, nats_url=nats_server.url, maps="fake")
+        bus = await connect_bus(nats_server.url, "test-datapath")
+        worker = DatapathWorker(settings, bus, lbmap)
+        task = asyncio.create_task(worker.run())
+        r = Running(worker, task, bus)
+        running.append(r)
+        await eventually(lambda: worker.synced or task.done(), what="bootstrap")
+        if task.done():
+            task.result()
+        return r
+
+    yield start  # type: ignore[misc]
+    for r in running:
+        await r.stop()
+
+
+def checked_map(**capacity: int) -> FakeLBMap:
+    def check(_name: str, state: LBMapState) -> None:
+        problems = check_consistent(state)
+        assert not problems, problems
+
+    return FakeLBMap(capacity=capacity, on_write=check)
+
+
+def fresh(*paths: Path) -> LBMapState:
+    want = {}
+    for path in paths:
+        want.update(desired(path))
+    lbmap = FakeLBMap()
+    Reconciler(lbmap).apply(want, prune=True)
+    return lbmap.dump()
+
+
+async def last_status(bus: Bus) -> NodeStatus:
+    msg = await bus.js.get_last_msg(STREAM_STATUS, status_subject(NODE))
+    assert msg.data is not None
+    return NodeStatus.model_validate_json(msg.data)
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_bootstrap_live_changes_restart_and_delete_while_down(
+    bus: Bus, start_worker: Callable[[FakeLBMap], asyncio.Future[Running]]
+) -> None:
+    clusterip = TESTDATA / "clusterip.yaml"
+    policy = TESTDATA / "traffic-policy.yaml"
+    await publish_events(bus, events(clusterip))
+    lbmap = checked_map()
+    run1 = await start_worker(lbmap)
+    assert render(lbmap.dump()) == clusterip.with_suffix(".golden").read_text()
+
+    ops = await start_ops_server("127.0.0.1:0", ready=run1.worker.ready)
+    assert ops is not None
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{ops.url}/readyz") as resp:
+                assert resp.status == 200
+            async with http.get(f"{ops.url}/metrics") as resp:
+                assert "weir_datapath_sync_duration_seconds_bucket" in await resp.text()
+    finally:
+        await ops.close()
+
+    last = await publish_events(bus, events(policy))
+    want = resolved(fresh(clusterip, policy))
+    await eventually(lambda: resolved(lbmap.dump()) == want, what="live changes applied")
+    await eventually(lambda: run1.worker.applied_seq == last, what="applied sequence")
+    status = await last_status(bus)
+    assert status.applied[STREAM_K8S] == last
+    assert status.maps["services"].entries == len(lbmap.dump().services)
+    assert status.errors == []
+    ids = {(b.ip, b.port, b.proto): i for i, b in lbmap.dump().backends.items()}
+    revnat = dict(lbmap.dump().revnat)
+
+    await run1.stop()
+    api = next(e for e in events(clusterip) if e.kind == "service" and e.name == "api")
+    tombstone = api.model_copy(update={"op": Op.DELETE, "resource_version": "2", "object": None})
+    await publish(bus.js, tombstone.subject(), tombstone, msg_id=tombstone.msg_id())
+
+    run2 = await start_worker(lbmap)
+    state = lbmap.dump()
+    assert "10.96.10.2:8000/TCP" not in resolved(state), "deleted while down, gone after restart"
+    assert resolved(state) == {k: v for k, v in want.items() if k != "10.96.10.2:8000/TCP"}
+    for i, b in state.backends.items():
+        assert ids[(b.ip, b.port, b.proto)] == i, "a restart renumbered a backend"
+    assert all(revnat[i] == v for i, v in state.revnat.items()), "rev-NAT renumbered"
+    assert 7 not in state.backends  # 10.244.1.21:8000, only used by api: pruned
+    info = await bus.js.consumer_info(STREAM_K8S, durable_name(NODE))
+    assert info.num_ack_pending == 0
+    await run2.stop()
+
+
+async def test_full_map_reported_and_worker_keeps_going(
+    bus: Bus, start_worker: Callable[[FakeLBMap], asyncio.Future[Running]]
+) -> None:
+    full_before = metric("weir_datapath_map_write_errors_total", map="backends", kind="full")
+    await publish_events(bus, events(TESTDATA / "clusterip.yaml"))
+    lbmap = checked_map(backends=4)
+    run = await start_worker(lbmap)
+    status = await last_status(bus)
+    assert status.errors and all("backends" in e for e in status.errors)
+    assert metric("weir_datapath_map_write_errors_total", map="backends", kind="full") > (
+        full_before
+    )
+    assert run.worker.reconciler.pending
+    # the stream keeps flowing: a new service that needs no backend is applied and acked
+    last = await publish_events(bus, events(TESTDATA / "no-frontend-and-fallback.yaml"))
+    await eventually(lambda: "10.96.40.1:80/TCP" in resolved(lbmap.dump()), what="new service")
+    await eventually(lambda: run.worker.applied_seq == last, what="acked past the full map")
+    # room appears: the pending frontends are retried without any new message
+    lbmap.capacity["backends"] = 100
+    want = resolved(fresh(TESTDATA / "clusterip.yaml", TESTDATA / "no-frontend-and-fallback.yaml"))
+    await eventually(lambda: resolved(lbmap.dump()) == want, what="retry after room appeared")
+    await eventually(lambda: not run.worker.reconciler.pending, what="nothing pending")
+
+
+async def test_invalid_message_is_skipped_and_counted(
+    bus: Bus, start_worker: Callable[[FakeLBMap], asyncio.Future[Running]]
+) -> None:
+    before = metric("weir_datapath_bad_messages_total", kind="service")
+    lbmap = checked_map()
+    run = await start_worker(lbmap)
+    bad_subject = k8s_subject("service", "shop", "broken")
+    await publish(bus.js, bad_subject, b'{"kind": "service", "op": "UPSERT"}', msg_id="bad-1")
+    last = await publish_events(bus, events(TESTDATA / "clusterip.yaml"))
+    await eventually(lambda: run.worker.applied_seq == last, what="valid events after a bad one")
+    assert metric("weir_datapath_bad_messages_total", kind="service") == before + 1
+    # applied live, batch by batch: ids follow arrival order, the answers are the golden's
+    assert resolved(lbmap.dump()) == resolved(fresh(TESTDATA / "clusterip.yaml"))
+
+
+def test_cli_process_serves_readyz(nats_server: NatsServer, tmp_path: Path) -> None:
+    """``weir datapath --maps fake`` as a real process: ready after the first sync, exits on
+    SIGTERM."""
+    port = free_port()
+    env = {**os.environ, "WEIR_NODE": "node-cli", "WEIR_NATS_URL": nats_server.url}
+    weir = Path(sys.executable).parent / "weir"
+    cmd = [str(weir), "datapath", "--maps", "fake", "--metrics-listen", f"127.0.0.1:{port}"]
+    log = (tmp_path / "weir.log").open("wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        ready = False
+        while time.monotonic() < deadline and proc.poll() is None and not ready:
+            with contextlib.suppress(OSError):
+                import urllib.request  # noqa: PLC0415
+
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    ready = r.status == 200
+            time.sleep(0.1)
+        assert ready, (tmp_path / "weir.log").read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def test_cli_rejects_bad_options() -> None:
+    weir = Path(sys.executable).parent / "weir"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIR_")}
+    out = subprocess.run([str(weir), "datapath", "--node", "n1", "--maps", "bogus"], env=env,
+                         capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert out.returncode == 2 and "maps" in out.stderr
+    out = subprocess.run([str(weir), "datapath", "--maps", "fake"], env=env,
+                         capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert out.returncode == 2 and "node_name" in out.stderr
