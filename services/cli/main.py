@@ -11,6 +11,7 @@ from __future__ import annotations
 import typer
 
 from services.apiserver.cli import apiserver_command
+from services.datapath.cli import datapath_command
 from services.identity.cli import identity_command
 from services.watcher.cli import watcher_command
 
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 
 app.command("apiserver")(apiserver_command)
+app.command("datapath")(datapath_command)
 app.command("identity")(identity_command)
 app.command("watcher")(watcher_command)
 
