@@ -135,6 +135,8 @@ class ApiHandler:
             if t.name is None:
                 return "watch" if _truthy(request.query.get("watch")) else "list"
             return "get"
+        if m == "DELETE" and t.name is None:
+            return "deletecollection"
         return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
             m, m.lower()
         )
@@ -152,6 +154,22 @@ class ApiHandler:
                     raise method_not_allowed()
                 obj = reg.create(res, t.namespace, await self._body(request))
                 return _json(obj, 201)
+            if verb == "deletecollection":  # every object the selectors match
+                labels = parse_label_selector(q.get("labelSelector"))
+                fields = parse_field_selector(q.get("fieldSelector"), res.plural)
+                objs, _ = self.store.list(res, t.namespace)
+                gone = [
+                    reg.delete(res, o["metadata"].get("namespace"), o["metadata"]["name"])
+                    for o in objs
+                    if labels(o) and fields(o)
+                ]
+                body = {
+                    "kind": f"{res.kind}List",
+                    "apiVersion": res.api_version,
+                    "metadata": {"resourceVersion": str(self.store.rv)},
+                    "items": gone,
+                }
+                return _json(body)
             raise method_not_allowed()
         if verb == "get":
             rv = parse_rv(q.get("resourceVersion"))

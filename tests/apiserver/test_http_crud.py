@@ -169,3 +169,13 @@ async def test_pod_status_subresource(kube: Kube) -> None:
     body["status"] = {"phase": "Failed"}
     again = await kube.core.replace_namespaced_pod("p1", "default", body)
     assert again.status.phase == "Running"
+
+
+async def test_delete_collection_with_selector(kube: Kube) -> None:
+    await kube.core.create_namespaced_pod("default", pod("p1", "n1"))
+    await kube.core.create_namespaced_pod("default", pod("p2", "n2"))
+    await kube.core.delete_collection_namespaced_pod("default", field_selector="spec.nodeName=n1")
+    left = await kube.core.list_namespaced_pod("default")
+    assert [p.metadata.name for p in left.items] == ["p2"]
+    await kube.core.delete_collection_namespaced_pod("default")
+    assert (await kube.core.list_namespaced_pod("default")).items == []
