@@ -10,7 +10,7 @@ malformed desired state is reported, not written.
 from __future__ import annotations
 
 import ctypes
-import ipaddress
+import functools
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -181,22 +181,42 @@ class EntryError(ValueError):
         self.field = field
 
 
+@functools.lru_cache(maxsize=65536)
+def _ip_raw(value: str) -> int:
+    """Dotted quad -> u32 whose in-memory bytes are network order (many slots share a VIP)."""
+    return int.from_bytes(socket.inet_pton(socket.AF_INET, value), "little")
+
+
 def _ip(map_name: str, entry: object, field: str, value: object) -> int:
     try:
-        packed = ipaddress.IPv4Address(value).packed
-    except (ValueError, TypeError):
-        raise EntryError(map_name, entry, field, f"{value!r} is not an IPv4 address") from None
-    return int.from_bytes(packed, "little")  # network order in memory = little-endian int here
+        if isinstance(value, str):
+            return _ip_raw(value)
+    except OSError:
+        pass
+    raise EntryError(map_name, entry, field, f"{value!r} is not an IPv4 address")
 
 
 def _uint(map_name: str, entry: object, field: str, value: object, bits: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << bits:
-        raise EntryError(map_name, entry, field, f"{value!r} is not in 0..{(1 << bits) - 1}")
-    return value
+    if type(value) is int and 0 <= value < 1 << bits:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << bits:
+        return int(value)  # an IntEnum/IntFlag member
+    raise EntryError(map_name, entry, field, f"{value!r} is not in 0..{(1 << bits) - 1}")
 
 
 def _ip_str(raw: int) -> str:
-    return str(ipaddress.IPv4Address(raw.to_bytes(4, "little")))
+    return socket.inet_ntoa(raw.to_bytes(4, "little"))
+
+
+_FLAGS: dict[int, ServiceFlags] = {}
+_STATES = {int(state): state for state in BackendState}
+
+
+def _service_flags(raw: int) -> ServiceFlags:
+    flags = _FLAGS.get(raw)
+    if flags is None:
+        flags = _FLAGS[raw] = ServiceFlags(raw)
+    return flags
 
 
 def encode_service_key(key: ServiceKey) -> Lb4Key:
@@ -226,7 +246,11 @@ def encode_service_value(key: ServiceKey, value: ServiceValue) -> Lb4Service:
 
 def decode_service_value(raw: Lb4Service) -> ServiceValue:
     return ServiceValue(
-        raw.backend_id, raw.count, raw.rev_nat_index, ServiceFlags(raw.flags), raw.affinity_timeout
+        raw.backend_id,
+        raw.count,
+        raw.rev_nat_index,
+        _service_flags(raw.flags),
+        raw.affinity_timeout,
     )
 
 
@@ -248,15 +272,14 @@ def encode_backend(backend_id: int, value: BackendValue) -> Lb4Backend:
 
 
 def decode_backend(raw: Lb4Backend) -> BackendValue:
-    try:
-        state = BackendState(raw.state)
-    except ValueError:
+    state = _STATES.get(raw.state)
+    if state is None:
         raise EntryError(
             MAP_BACKENDS,
             _ip_str(raw.address),
             "state",
             f"{raw.state} is not a BackendState (map written by a newer version?)",
-        ) from None
+        )
     return BackendValue(_ip_str(raw.address), socket.ntohs(raw.port), raw.proto, state)
 
 

@@ -136,6 +136,15 @@ class PinnedMap:
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         """Every (key, value), read in batches (one pass, not a snapshot under writes)."""
+        for key, value in self.views():
+            yield _copy(self.spec.key, key), _copy(self.spec.value, value)
+
+    def views(self) -> Iterator[tuple[Any, Any]]:
+        """Like items(), but each pair is a view into a buffer the next batch overwrites:
+        decode it before asking for the next one (saves a copy per entry in dump())."""
+        if not self.batch:
+            yield from self._items_by_key()
+            return
         chunk = CHUNK
         keys = (self.spec.key * chunk)()
         values = (self.spec.value * chunk)()
@@ -155,7 +164,7 @@ class PinnedMap:
                 raise MapError(self.spec.name, f"reading: {exc.strerror}") from exc
             first = False
             for i in range(got):
-                yield _copy(self.spec.key, keys[i]), _copy(self.spec.value, values[i])
+                yield keys[i], values[i]
 
     def _items_by_key(self) -> Iterator[tuple[Any, Any]]:
         key, nxt, value = self.spec.key(), self.spec.key(), self.spec.value()
@@ -172,9 +181,6 @@ class PinnedMap:
             except OSError:
                 continue  # deleted in between
             yield _copy(self.spec.key, key), _copy(self.spec.value, value)
-
-    def count(self) -> int:
-        return sum(1 for _ in self.items())
 
 
 def _copy(ctype: Any, item: Any) -> Any:
@@ -244,17 +250,17 @@ class BpfLBMap:
 
     def dump(self) -> LBMapState:
         state = LBMapState()
-        for k, v in self.maps[MAP_SERVICES].items():
+        for k, v in self.maps[MAP_SERVICES].views():
             state.services[decode_service_key(k)] = decode_service_value(v)
-        for k, v in self.maps[MAP_BACKENDS].items():
+        for k, v in self.maps[MAP_BACKENDS].views():
             state.backends[int(k)] = decode_backend(v)
-        for k, v in self.maps[MAP_REVNAT].items():
+        for k, v in self.maps[MAP_REVNAT].views():
             state.revnat[int(k)] = decode_revnat(v)
         return state
 
     def fill(self) -> dict[str, tuple[int, int]]:
         return {
-            name: (m.count(), m.max_entries)
+            name: (sum(1 for _ in m.views()), m.max_entries)
             for name, m in self.maps.items()
             if name != MAP_COUNTERS
         }

@@ -97,7 +97,10 @@ def test_roundtrip_of_every_field(maps: BpfLBMap) -> None:
     assert state.revnat == {65535: RevNatValue("10.96.255.254", 65535)}
 
 
-def test_large_batches_and_deleting_absent_keys(maps: BpfLBMap) -> None:
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "per-entry"])
+def test_large_batches_and_deleting_absent_keys(maps: BpfLBMap, batch: bool) -> None:
+    for m in maps.maps.values():
+        m.batch = batch  # False: the fallback for kernels without batch operations
     backends = {i: BackendValue(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 80, 6)
                 for i in range(1, 1001)}  # fmt: skip
     services = {ServiceKey("10.96.0.1", 80, PROTO_TCP, s): ServiceValue(backend_id=s)
@@ -127,6 +130,9 @@ def test_full_map_names_the_map_and_the_entry(pin_root: Path) -> None:
             assert "writing 9" in str(info.value) and "map full (8 entries)" in str(info.value)
             assert sorted(m.dump().backends) == list(range(1, 9))  # what fitted was written
             m.update_backends({3: BackendValue("10.0.0.3", 81, 6)})  # updating still works
+            m.maps["backends"].batch = False  # the per-entry fallback reports the same
+            with pytest.raises(MapFullError, match=r"backends: writing 9: map full"):
+                m.update_backends({i: BackendValue("10.0.0.1", 80, 6) for i in range(1, 11)})
     finally:
         lb.close()
 
