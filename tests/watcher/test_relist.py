@@ -61,6 +61,15 @@ def _relists(kind: str, reason: str) -> float:
     return value or 0.0
 
 
+async def _until_watching(kube: Kube) -> None:
+    """Wait until the stand-in has registered the reflector's watch request."""
+    for _ in range(500):
+        if kube.server.store.open_watches:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the reflector never opened a watch")
+
+
 def _ops(tap: Tap, subject: str) -> list[str]:
     return [m.data["op"] for m in tap.messages if m.subject == subject]
 
@@ -86,8 +95,7 @@ async def test_gone_after_gap_publishes_delete_and_change(kube: Kube, bus: Bus, 
         await tap.wait_for(lambda m: first <= {x.subject for x in tap.messages}, 1.0)
         gone_before = _relists("service", "gone")
 
-        while kube.server.store.open_watches == 0:  # the watch request is registered
-            await asyncio.sleep(0.01)
+        await _until_watching(kube)
         source.gate.clear()
         kube.server.store.close_watches()  # the watch ends; the resume waits at the gate
         await asyncio.wait_for(source.waiting.wait(), 5)
