@@ -9,7 +9,7 @@ let errors name the Kubernetes field. See :mod:`contracts.v1.raw`.
 from __future__ import annotations
 
 from contracts.v1.endpointslice import SERVICE_NAME_LABEL
-from contracts.v1.raw import At, Out, Src
+from contracts.v1.raw import Out, Src
 
 TOPOLOGY_MODE_ANNOTATION = "service.kubernetes.io/topology-mode"
 TOPOLOGY_HINTS_ANNOTATION = "service.kubernetes.io/topology-aware-hints"
@@ -31,11 +31,11 @@ def service(obj: Src) -> Out:
     elif ips:
         out.put("cluster_ips", ips, spec.at("clusterIPs"))
     elif cluster_ip:
-        out.put("cluster_ips", [At(cluster_ip, spec.at("clusterIP"))], spec.at("clusterIP"))
+        out.put_items("cluster_ips", [(cluster_ip, spec.at("clusterIP"))], spec.at("clusterIP"))
     out.take("external_ips", spec, "externalIPs")
     ingress = status.obj("loadBalancer").items("ingress")
-    lb_ips = [At(item.get("ip"), item.at("ip")) for item in ingress if item.has("ip")]
-    out.put("load_balancer_ips", lb_ips or None, status.obj("loadBalancer").at("ingress"))
+    lb_ips = [(item.get("ip"), item.at("ip")) for item in ingress if item.has("ip")]
+    out.put_items("load_balancer_ips", lb_ips, status.obj("loadBalancer").at("ingress"))
     out.take("external_name", spec, "externalName")
     out.put("ports", [_service_port(p) for p in spec.items("ports")], spec.at("ports"))
     out.take("selector", spec, "selector")
@@ -100,12 +100,12 @@ def _endpoint(endpoint: Src) -> Out:
         hints = endpoint.obj("hints")
         hint = Out(hints.path)
         zones = hints.items("forZones")
-        hint.put(
-            "for_zones", [At(z.get("name"), z.at("name")) for z in zones], hints.at("forZones")
+        hint.put_items(
+            "for_zones", [(z.get("name"), z.at("name")) for z in zones], hints.at("forZones")
         )
         nodes = hints.items("forNodes")
-        hint.put(
-            "for_nodes", [At(n.get("name"), n.at("name")) for n in nodes], hints.at("forNodes")
+        hint.put_items(
+            "for_nodes", [(n.get("name"), n.at("name")) for n in nodes], hints.at("forNodes")
         )
         out.put("hints", hint, hints.path)
     if endpoint.has("targetRef"):
@@ -132,10 +132,10 @@ def pod(obj: Src) -> Out:
     spec, status, meta = obj.obj("spec"), obj.obj("status"), obj.obj("metadata")
     pod_ips = status.items("podIPs")
     if pod_ips:
-        ips = [At(item.get("ip"), item.at("ip")) for item in pod_ips]
-        out.put("ips", ips, status.at("podIPs"))
+        ips = [(item.get("ip"), item.at("ip")) for item in pod_ips]
+        out.put_items("ips", ips, status.at("podIPs"))
     elif status.has("podIP"):
-        out.put("ips", [At(status.get("podIP"), status.at("podIP"))], status.at("podIP"))
+        out.put_items("ips", [(status.get("podIP"), status.at("podIP"))], status.at("podIP"))
     out.take("host_ip", status, "hostIP")
     out.take("host_network", spec, "hostNetwork")
     out.take("node_name", spec, "nodeName")
@@ -180,6 +180,6 @@ def node(obj: Src) -> Out:
     if spec.has("podCIDRs"):
         out.take("pod_cidrs", spec, "podCIDRs")
     elif spec.has("podCIDR"):
-        out.put("pod_cidrs", [At(spec.get("podCIDR"), spec.at("podCIDR"))], spec.at("podCIDR"))
+        out.put_items("pod_cidrs", [(spec.get("podCIDR"), spec.at("podCIDR"))], spec.at("podCIDR"))
     labels(obj, out)
     return out

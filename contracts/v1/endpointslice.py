@@ -8,13 +8,13 @@ from the ``kubernetes.io/service-name`` label, which is how Kubernetes links the
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
 from contracts.v1.errors import FieldIssue
 from contracts.v1.meta import (
+    IPV4_CANONICAL,
     DNSLabel,
     DNSSubdomain,
     Labels,
@@ -23,6 +23,7 @@ from contracts.v1.meta import (
     Port,
     Protocol,
     StrictBool,
+    canonical_ip,
     check_dns_subdomain,
 )
 
@@ -50,12 +51,7 @@ class ObjectRef(Model):
 
 def _ip_or_name(value: Any) -> str:
     """Canonical IP when the value is an IP, else it must be a DNS subdomain (FQDN slices)."""
-    if isinstance(value, str):
-        try:
-            return str(ipaddress.ip_address(value))
-        except ValueError:
-            pass
-    return str(check_dns_subdomain(value))
+    return canonical_ip(value) or str(check_dns_subdomain(value))
 
 
 EndpointAddress = Annotated[str, BeforeValidator(_ip_or_name)]
@@ -99,16 +95,11 @@ class EndpointSlice(Model):
 
 
 def _family_problem(address: str, address_type: str) -> str | None:
-    version: int
-    try:
-        version = ipaddress.ip_address(address).version
-    except ValueError:
-        version = 0
-    if address_type == "FQDN":
-        try:
-            check_dns_subdomain(address)
-        except ValueError as exc:
-            return str(exc)
-        return None
-    want = 4 if address_type == "IPv4" else 6
-    return None if version == want else f"{address!r} is not a valid {address_type} address"
+    """Addresses are already canonical IPs or DNS names; only the family is checked here."""
+    if address_type == "IPv4":
+        ok = IPV4_CANONICAL.fullmatch(address) is not None
+    elif address_type == "IPv6":
+        ok = ":" in address  # DNS names never contain ':'; canonical IPv4 never does
+    else:
+        ok = ":" not in address  # a DNS subdomain (dotted quads are subdomains too)
+    return None if ok else f"{address!r} is not a valid {address_type} address"

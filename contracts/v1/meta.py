@@ -14,6 +14,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -48,31 +49,46 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+# Canonical dotted-quad (no leading zeros): the common case, checked without ipaddress.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4_CANONICAL = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
+@lru_cache(maxsize=65536)
+def _parse_ip(value: str) -> str | None:
+    """Canonical form of an IP string, or None (cached: IPs recur across messages)."""
+    if IPV4_CANONICAL.fullmatch(value):
+        return value
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+def canonical_ip(value: Any) -> str | None:
+    """Canonical string of an IP address, or None when ``value`` is not one."""
+    return _parse_ip(value) if isinstance(value, str) else None
+
+
 def _canonical_ip(value: Any) -> str:
-    if isinstance(value, str):
-        try:
-            return str(ipaddress.ip_address(value))
-        except ValueError:
-            pass
-    raise ValueError(f"{_short(value)} is not a valid IP address")
+    ip = canonical_ip(value)
+    if ip is None:
+        raise ValueError(f"{_short(value)} is not a valid IP address")
+    return ip
 
 
 def _canonical_ipv4(value: Any) -> str:
-    if isinstance(value, str):
-        try:
-            return str(ipaddress.IPv4Address(value))
-        except ValueError:
-            pass
-    raise ValueError(f"{_short(value)} is not a valid IPv4 address")
+    ip = canonical_ip(value)
+    if ip is None or ":" in ip:
+        raise ValueError(f"{_short(value)} is not a valid IPv4 address")
+    return ip
 
 
 def _canonical_ipv6(value: Any) -> str:
-    if isinstance(value, str):
-        try:
-            return str(ipaddress.IPv6Address(value))
-        except ValueError:
-            pass
-    raise ValueError(f"{_short(value)} is not a valid IPv6 address")
+    ip = canonical_ip(value)
+    if ip is None or ":" not in ip:
+        raise ValueError(f"{_short(value)} is not a valid IPv6 address")
+    return ip
 
 
 def _canonical_cidr(value: Any) -> str:
@@ -85,7 +101,13 @@ def _canonical_cidr(value: Any) -> str:
 
 
 def _matcher(pattern: re.Pattern[str], max_len: int, what: str) -> Any:
+    @lru_cache(maxsize=65536)
+    def valid(value: str) -> bool:
+        return len(value) <= max_len and pattern.fullmatch(value) is not None
+
     def check(value: Any) -> str:
+        if isinstance(value, str) and valid(value):
+            return value
         if not isinstance(value, str):
             raise ValueError(f"{_short(value)} is not a string ({what})")
         if len(value) > max_len:
@@ -101,38 +123,51 @@ check_dns_label = _matcher(_DNS_LABEL, 63, "DNS-1123 label")
 check_dns_subdomain = _matcher(_DNS_SUBDOMAIN, 253, "DNS-1123 subdomain")
 
 
+@lru_cache(maxsize=65536)
+def _label_key_problem(key: str) -> str | None:
+    prefix, sep, name = key.rpartition("/")
+    if sep and (not prefix or "/" in prefix):
+        return "must be 'prefix/name' or 'name'"
+    if sep and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return "prefix must be a DNS-1123 subdomain of at most 253 characters"
+    if len(name) > 63:
+        return "name is longer than 63 characters"
+    if not _LABEL_NAME.fullmatch(name):
+        return (
+            "name must be alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
+        )
+    return None
+
+
+@lru_cache(maxsize=65536)
+def _label_value_problem(value: str) -> str | None:
+    if len(value) > 63:
+        return "is longer than 63 characters"
+    if value and not _LABEL_NAME.fullmatch(value):
+        return (
+            "must be empty or alphanumerics, '-', '_' or '.', starting and ending with an"
+            " alphanumeric"
+        )
+    return None
+
+
 def check_label_key(key: Any) -> str:
     """Kubernetes qualified name: optional DNS-subdomain prefix ``/`` name (<= 63)."""
     if not isinstance(key, str):
         raise ValueError(f"label key {_short(key)} is not a string")
-    prefix, sep, name = key.rpartition("/")
-    if sep and (not prefix or "/" in prefix):
-        raise ValueError(f"label key {_short(key)} must be 'prefix/name' or 'name'")
-    if sep and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
-        raise ValueError(
-            f"label key {_short(key)}: prefix must be a DNS-1123 subdomain of at most 253"
-            " characters"
-        )
-    if len(name) > 63:
-        raise ValueError(f"label key {_short(key)}: name is longer than 63 characters")
-    if not _LABEL_NAME.fullmatch(name):
-        raise ValueError(
-            f"label key {_short(key)}: name must be alphanumerics, '-', '_' or '.',"
-            " starting and ending with an alphanumeric"
-        )
+    problem = _label_key_problem(key)
+    if problem:
+        raise ValueError(f"label key {_short(key)}: {problem}")
     return key
 
 
 def check_label_value(value: Any) -> str:
+    """Kubernetes label value: empty, or <= 63 name characters."""
     if not isinstance(value, str):
         raise ValueError(f"label value {_short(value)} is not a string")
-    if len(value) > 63:
-        raise ValueError(f"label value {_short(value)} is longer than 63 characters")
-    if value and not _LABEL_NAME.fullmatch(value):
-        raise ValueError(
-            f"label value {_short(value)} must be empty or alphanumerics, '-', '_' or '.',"
-            " starting and ending with an alphanumeric"
-        )
+    problem = _label_value_problem(value)
+    if problem:
+        raise ValueError(f"label value {_short(value)} {problem}")
     return value
 
 

@@ -82,61 +82,57 @@ class Src:
         raise RawError(self.at(key), f"expected a string, got {_type_name(value)}")
 
 
-class At:
-    """A leaf value whose source path differs from its container's (e.g. one of a list)."""
+class Out(dict[str, Any]):
+    """Model input under construction (a plain dict to pydantic) plus the Kubernetes path of
+    every field, and of every list item whose path is not simply ``<list path>[i]``."""
 
-    def __init__(self, value: Any, path: str) -> None:
-        self.value = value
-        self.path = path
-
-
-class Out:
-    """Model input under construction, with the Kubernetes path of every field."""
+    __slots__ = ("item_paths", "path", "paths")
 
     def __init__(self, path: str = "") -> None:
+        super().__init__()
         self.path = path
-        self.values: dict[str, Any] = {}
         self.paths: dict[str, str] = {}
+        self.item_paths: dict[str, list[str]] = {}
 
     def put(self, key: str, value: Any, path: str) -> None:
         """Set ``key``; None means "use the model default" and is left out."""
         self.paths[key] = path
         if value is not None:
-            self.values[key] = value
+            self[key] = value
 
     def take(self, key: str, src: Src, raw_key: str) -> None:
-        self.put(key, src.get(raw_key), src.at(raw_key))
+        value = src.data.get(raw_key)
+        self.paths[key] = f"{src.path}.{raw_key}" if src.path else raw_key
+        if value is not None:
+            self[key] = value
 
-    def build(self) -> dict[str, Any]:
-        return {key: _build(value) for key, value in self.values.items()}
-
-
-def _build(value: Any) -> Any:
-    if isinstance(value, Out):
-        return value.build()
-    if isinstance(value, At):
-        return _build(value.value)
-    if isinstance(value, list):
-        return [_build(v) for v in value]
-    return value
+    def put_items(self, key: str, items: list[tuple[Any, str]], path: str) -> None:
+        """Set ``key`` to a list whose items come from scattered places (``(value, path)``)."""
+        self.paths[key] = path
+        if items:
+            self[key] = [value for value, _ in items]
+            self.item_paths[key] = [item_path for _, item_path in items]
 
 
 def locate(root: Out, loc: tuple[str | int, ...]) -> str:
     """Map a location in the model input back to the Kubernetes path it came from."""
     node: Any = root
     path = root.path
+    items: list[str] | None = None
     rest = list(loc)
     while rest:
         part = rest[0]
         if isinstance(node, Out) and isinstance(part, str) and part in node.paths:
-            path, node = node.paths[part], node.values.get(part)
+            path, items, node = node.paths[part], node.item_paths.get(part), node.get(part)
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
-            path = node.path if isinstance(node, At | Out) else f"{path}[{part}]"
+            if isinstance(node, Out):
+                path = node.path
+            else:
+                path = items[part] if items is not None else f"{path}[{part}]"
+            items = None
         else:
             break
-        if isinstance(node, At):
-            node = node.value
         rest.pop(0)
     for part in rest:
         if isinstance(part, int):
