@@ -9,7 +9,7 @@
  *                  slot 0 is the master (count, rev_nat_id, flags, affinity timeout),
  *                  slots 1..count hold one backend id each.
  *   lb4_backends   backend_id -> {ip, port, proto, state}
- *   lb4_revnat     rev_nat_id -> {vip, port}
+ *   lb4_revnat     rev_nat_id (u32; Cilium's u16 would cap a node at 65k frontends) -> {vip, port}
  *   lb4_affinity   {client netns cookie, rev_nat_id} -> {backend_id, slot, last_used}   (LRU)
  *   lb4_sk_revnat  {socket cookie, backend ip, backend port} -> {vip, port, rev_nat_id} (LRU)
  *   lb4_counters   per-CPU counters, indexed by enum lb4_counter
@@ -58,10 +58,10 @@ struct lb4_key {
 
 struct lb4_service {
 	__u32 backend_id;       /* slots: the backend in this slot */
+	__u32 rev_nat_index;    /* master: id in lb4_revnat (32 bits: more than 65k frontends) */
 	__u16 count;            /* master: number of backend slots */
-	__u16 rev_nat_index;    /* master: id in lb4_revnat */
 	__u8 flags;             /* master: SVC_F_* */
-	__u8 pad[3];
+	__u8 pad;
 	__u32 affinity_timeout; /* master: seconds; 0 = never expires */
 };
 
@@ -80,8 +80,8 @@ struct lb4_reverse_nat {
 
 struct lb4_affinity_key {
 	__u64 client_cookie; /* netns cookie of the connecting socket */
-	__u16 rev_nat_id;    /* identifies the service */
-	__u8 pad[6];
+	__u32 rev_nat_id;    /* identifies the service */
+	__u32 pad;
 };
 
 struct lb4_affinity_val {
@@ -101,7 +101,8 @@ struct ipv4_revnat_tuple {
 struct ipv4_revnat_entry {
 	__be32 address; /* service VIP to show instead */
 	__be16 port;
-	__u16 rev_nat_index;
+	__u16 pad;
+	__u32 rev_nat_index;
 };
 
 enum lb4_counter {
@@ -122,7 +123,7 @@ BPF_TABLE_PINNED("hash", struct lb4_key, struct lb4_service, lb4_services, LB4_S
 		 MAP_PIN("lb4_services"), LB4_NO_PREALLOC);
 BPF_TABLE_PINNED("hash", __u32, struct lb4_backend, lb4_backends, LB4_BACKENDS_MAX,
 		 MAP_PIN("lb4_backends"), LB4_NO_PREALLOC);
-BPF_TABLE_PINNED("hash", __u16, struct lb4_reverse_nat, lb4_revnat, LB4_REVNAT_MAX,
+BPF_TABLE_PINNED("hash", __u32, struct lb4_reverse_nat, lb4_revnat, LB4_REVNAT_MAX,
 		 MAP_PIN("lb4_revnat"), LB4_NO_PREALLOC);
 BPF_TABLE_PINNED("lru_hash", struct lb4_affinity_key, struct lb4_affinity_val, lb4_affinity,
 		 LB4_AFFINITY_MAX, MAP_PIN("lb4_affinity"));

@@ -113,7 +113,8 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 proto
 	struct lb4_backend *backend = NULL;
 	struct lb4_affinity_key akey = {};
 	__u32 backend_id = 0, timeout;
-	__u16 count, rev_nat, slot = 0;
+	__u32 rev_nat;
+	__u16 count, slot = 0;
 	__u8 flags;
 	__u64 now = 0;
 	__be32 vip = ctx->user_ip4;
@@ -201,7 +202,7 @@ static __always_inline void sock4_xlate_rev(struct bpf_sock_addr *ctx)
 	};
 	struct ipv4_revnat_entry *rval = lb4_sk_revnat.lookup(&rkey);
 	struct lb4_reverse_nat *rnat;
-	__u16 rev_nat;
+	__u32 rev_nat;
 
 	if (!rval)
 		return;

@@ -44,10 +44,10 @@ class Lb4Key(ctypes.Structure):
 class Lb4Service(ctypes.Structure):
     _fields_ = [
         ("backend_id", ctypes.c_uint32),
+        ("rev_nat_index", ctypes.c_uint32),
         ("count", ctypes.c_uint16),
-        ("rev_nat_index", ctypes.c_uint16),
         ("flags", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 3),
+        ("pad", ctypes.c_uint8),
         ("affinity_timeout", ctypes.c_uint32),
     ]
 
@@ -68,8 +68,8 @@ class Lb4ReverseNat(ctypes.Structure):
 class Lb4AffinityKey(ctypes.Structure):
     _fields_ = [
         ("client_cookie", ctypes.c_uint64),
-        ("rev_nat_id", ctypes.c_uint16),
-        ("pad", ctypes.c_uint8 * 6),
+        ("rev_nat_id", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
     ]
 
 
@@ -95,7 +95,8 @@ class Ipv4RevnatEntry(ctypes.Structure):
     _fields_ = [
         ("address", ctypes.c_uint32),
         ("port", ctypes.c_uint16),
-        ("rev_nat_index", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+        ("rev_nat_index", ctypes.c_uint32),
     ]
 
 
@@ -152,7 +153,7 @@ def map_specs(cap: MapCapacities) -> tuple[MapSpec, ...]:
         MapSpec(
             MAP_BACKENDS, "lb4_backends", hash_, ctypes.c_uint32, Lb4Backend, cap.backends, nopre
         ),
-        MapSpec(MAP_REVNAT, "lb4_revnat", hash_, ctypes.c_uint16, Lb4ReverseNat, cap.revnat, nopre),
+        MapSpec(MAP_REVNAT, "lb4_revnat", hash_, ctypes.c_uint32, Lb4ReverseNat, cap.revnat, nopre),
         MapSpec(MAP_AFFINITY, "lb4_affinity", lru, Lb4AffinityKey, Lb4AffinityVal, cap.affinity, 0),
         MapSpec(
             MAP_SK_REVNAT, "lb4_sk_revnat", lru, Ipv4RevnatTuple, Ipv4RevnatEntry, cap.sk_revnat, 0
@@ -238,7 +239,7 @@ def encode_service_value(key: ServiceKey, value: ServiceValue) -> Lb4Service:
     return Lb4Service(
         backend_id=_uint(m, key, "backend_id", value.backend_id, 32),
         count=_uint(m, key, "count", value.count, 16),
-        rev_nat_index=_uint(m, key, "rev_nat_id", value.rev_nat_id, 16),
+        rev_nat_index=_uint(m, key, "rev_nat_id", value.rev_nat_id, 32),
         flags=_uint(m, key, "flags", int(value.flags), 8),
         affinity_timeout=_uint(m, key, "affinity_timeout", value.affinity_timeout, 32),
     )
@@ -283,8 +284,8 @@ def decode_backend(raw: Lb4Backend) -> BackendValue:
     return BackendValue(_ip_str(raw.address), socket.ntohs(raw.port), raw.proto, state)
 
 
-def encode_revnat_id(rev_nat_id: int) -> ctypes.c_uint16:
-    return ctypes.c_uint16(_uint(MAP_REVNAT, rev_nat_id, "id", rev_nat_id, 16))
+def encode_revnat_id(rev_nat_id: int) -> ctypes.c_uint32:
+    return ctypes.c_uint32(_uint(MAP_REVNAT, rev_nat_id, "id", rev_nat_id, 32))
 
 
 def encode_revnat(rev_nat_id: int, value: RevNatValue) -> Lb4ReverseNat:
