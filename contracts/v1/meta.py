@@ -59,6 +59,8 @@ def _parse_ip(value: str) -> str | None:
     """Canonical form of an IP string, or None (cached: IPs recur across messages)."""
     if IPV4_CANONICAL.fullmatch(value):
         return value
+    if "%" in value:  # IPv6 zone ids are host-local: never valid in cluster objects
+        return None
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:

@@ -42,7 +42,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.sampled_from(K8S_KINDS), st.dictionaries(st.sampled_from(KEYS), json_values))
 def test_garbage_only_raises_contract_error(kind: str, obj: dict[str, Any]) -> None:
     try:

@@ -135,6 +135,7 @@ def _with(path: str, value: Any) -> dict[str, Any]:
 SERVICE_TABLE = [
     ("spec.clusterIP", "10.0.0.300", "not a valid IP address"),
     ("spec.clusterIP", "10.0.0.01", "not a valid IP address"),
+    ("spec.clusterIP", "fe80::1%eth0", "not a valid IP address"),
     ("spec.externalIPs", ["1.2.3.4", "::g"], "not a valid IP address"),
     ("spec.ports[0].port", 0, "not a valid port"),
     ("spec.ports[0].port", 65536, "not a valid port"),
@@ -271,6 +272,11 @@ def test_policy_types_validation() -> None:
     with pytest.raises(ContractError) as err:
         from_k8s("networkpolicy", raw)
     assert err.value.field == "spec.policyTypes[0]"
+
+
+def test_service_empty_cluster_ip_means_not_allocated() -> None:
+    svc = from_k8s("service", _with("spec.clusterIP", ""))
+    assert isinstance(svc, Service) and svc.cluster_ips == [] and not svc.headless
 
 
 def test_service_port_zero_node_port_means_unset() -> None:
