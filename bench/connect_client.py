@@ -1,7 +1,7 @@
 """Connect-latency client, run inside a benchmark network namespace and cgroup.
 
-It joins the cgroup given on the command line (so a cgroup sock_addr program applies to it),
-then serves requests from the harness on stdin, one JSON line each:
+The harness starts it inside the contender's cgroup and namespace; it serves requests from the
+harness on stdin, one JSON line each:
 ``{"targets": [[ip, port], ...], "count": N}`` -> ``{"ns": [t1, t2, ...], "errors": E}``,
 where each ``t`` is the wall time of one blocking ``connect()`` in nanoseconds. Sockets close with
 SO_LINGER 0 (RST instead of FIN) so no TIME_WAIT state builds up and distorts later connects.
@@ -11,7 +11,6 @@ Keeping one long-lived process per contender lets the harness interleave contend
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
 import struct
@@ -19,11 +18,6 @@ import sys
 import time
 
 LINGER_RST = struct.pack("ii", 1, 0)
-
-
-def join_cgroup(path: str) -> None:
-    with open(os.path.join(path, "cgroup.procs"), "w") as f:
-        f.write(str(os.getpid()))
 
 
 def measure(targets: list[tuple[str, int]], count: int) -> tuple[list[int], int]:
@@ -47,8 +41,6 @@ def measure(targets: list[tuple[str, int]], count: int) -> tuple[list[int], int]
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1]:
-        join_cgroup(sys.argv[1])
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)

@@ -52,10 +52,7 @@ class Client:
     """A long-lived connect_client process inside one contender's namespace and cgroup."""
 
     def __init__(self, lab: NetLab, contender: str) -> None:
-        self.proc = lab.spawn(
-            lab.client_ns(contender),
-            [sys.executable, "-m", "bench.connect_client", str(lab.cgroup(contender))],
-        )
+        self.proc = lab.spawn(contender, [sys.executable, "-m", "bench.connect_client"])
         assert self.proc.stdout is not None
         if json.loads(self.proc.stdout.readline()).get("ready") is not True:
             raise RuntimeError(f"{contender} client did not start")
@@ -97,6 +94,8 @@ def bench_size(
     errors = dict.fromkeys(CONTENDERS, 0)
     order = list(CONTENDERS)
     rng = random.Random(n * 7)
+    for contender in CONTENDERS:  # warm-up, not recorded: caches, the fresh nft ruleset
+        clients[contender].run(targets[contender], per_round)
     for _ in range(rounds):
         rng.shuffle(order)
         for contender in order:

@@ -92,14 +92,23 @@ class NetLab:
             for cidr in ("10.244.0.0/16", "10.96.0.0/12"):
                 sh("ip", "-n", ns, "route", "add", cidr, "via", f"10.250.{i}.2")
             self.cgroup(contender).mkdir(parents=True, exist_ok=True)
-        server = self.spawn(srv, [sys.executable, "-m", "bench.accept_server", *BACKENDS])
+        server = self._popen(
+            ["ip", "netns", "exec", srv, sys.executable, "-m", "bench.accept_server", *BACKENDS]
+        )
         assert server.stdout is not None
         if server.stdout.readline().strip() != "ready":
             raise RuntimeError("benchmark backend server did not start")
 
-    def spawn(self, netns: str, argv: list[str]) -> subprocess.Popen[str]:
+    def spawn(self, contender: str, argv: list[str]) -> subprocess.Popen[str]:
+        """Run argv in a contender's cgroup and namespace (cgroup first: ``ip netns exec``
+        remounts /sys, hiding cgroup2), through the sandbox's launcher."""
+        launch = [sys.executable, "-m", "services.sandbox.launch"]
+        where = ["--netns", self.client_ns(contender), "--cgroup", str(self.cgroup(contender))]
+        return self._popen([*launch, *where, "--", *argv])
+
+    def _popen(self, argv: list[str]) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, *argv],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
