@@ -70,7 +70,8 @@ def contract_error(
     errors = exc.errors()
     loc, message = _describe(errors[0])
     if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problems)"
+        more = len(errors) - 1
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
     field = locate(out, loc) if out is not None else ".".join(str(p) for p in loc)
     return ContractError(kind, namespace, name, field, message)
 
@@ -81,7 +82,9 @@ def from_k8s(kind: str, obj: Mapping[str, Any]) -> Payload:
     if kind not in _KINDS:
         raise ContractError(kind, namespace, name, "", f"unknown kind; expected one of {K8S_KINDS}")
     if not isinstance(obj, Mapping):
-        raise ContractError(kind, None, None, "", f"expected a JSON object, got {type(obj)}")
+        raise ContractError(
+            kind, None, None, "", f"expected a JSON object, got {type(obj).__name__}"
+        )
     reshape, model = _KINDS[kind]
     try:
         out = reshape(Src(obj))
@@ -131,7 +134,9 @@ def to_event(
     tombstone: its payload is left out instead of failing, so consumers can drop their state.
     """
     if not isinstance(obj, Mapping):
-        raise ContractError(kind, None, None, "", f"expected a JSON object, got {type(obj)}")
+        raise ContractError(
+            kind, None, None, "", f"expected a JSON object, got {type(obj).__name__}"
+        )
     if kind not in _KINDS:
         raise ContractError(kind, *_ref(obj), "", f"unknown kind; expected one of {K8S_KINDS}")
     try:
