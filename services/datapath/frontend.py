@@ -9,14 +9,14 @@ for; its spec is the ordered-insensitive set of backends plus the master flags.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from services.datapath.lbmap import BackendState, ServiceFlags, ServiceKey
 
 PROTO_NAMES = {6: "TCP", 17: "UDP", 132: "SCTP"}
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Frontend:
+class Frontend(NamedTuple):
     vip: str
     port: int
     proto: int
@@ -32,8 +32,7 @@ class Frontend:
         return f"{self.vip}:{self.port}/{PROTO_NAMES.get(self.proto, self.proto)}"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class BackendAddr:
+class BackendAddr(NamedTuple):
     """A backend's identity: its id is stable per (ip, port, proto)."""
 
     ip: str

@@ -101,7 +101,6 @@ def plan(
     ref_delta: dict[int, int] = {}
     for backend_id in orphan_backends:
         ref_delta.setdefault(backend_id, 0)
-    present = realised.frontends()
     try:
         for fe in sorted(set(targets)):
             old_slots = realised.slot_backends(fe)
@@ -109,7 +108,8 @@ def plan(
                 ref_delta[backend_id] = ref_delta.get(backend_id, 0) - 1
             spec = desired.get(fe)
             if spec is None:
-                if fe in present or revnat_ids.get(fe) is not None:
+                present = fe in realised.masters or fe in realised.slots
+                if present or revnat_ids.get(fe) is not None:
                     _plan_delete(fe, realised, revnat_ids, s)
                 continue
             rid = revnat_ids.allocate(fe)
