@@ -9,6 +9,7 @@ watcher uses); published messages are observed with a plain core-NATS subscripti
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import nats
 import pytest
 from nats.aio.msg import Msg
@@ -59,6 +61,29 @@ class Tap:
 
     def count(self, pred: Callable[[Seen], bool]) -> int:
         return sum(1 for m in self.messages if pred(m))
+
+    def schema_violations(self) -> list[str]:
+        """Messages that do not validate against contracts/schemas (by subject family)."""
+        problems = []
+        for m in self.messages:
+            family = m.subject.split(".")[2]
+            validator = _validators().get(family)
+            if validator is None:
+                continue
+            problems += [f"{m.subject}: {e.message}" for e in validator.iter_errors(m.data)]
+        return problems
+
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "contracts" / "schemas"
+
+
+@functools.cache
+def _validators() -> dict[str, Any]:
+    out = {}
+    for family, stem in (("k8s", "k8s-event"), ("errors", "validation-report")):
+        schema = json.loads((SCHEMAS / f"{stem}.json").read_text())
+        out[family] = jsonschema.validators.validator_for(schema)(schema)
+    return out
 
 
 @pytest.fixture

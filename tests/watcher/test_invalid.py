@@ -66,6 +66,7 @@ async def test_placeholder_objects_are_reported_and_skipped(
     }
     assert tap.count(lambda m: m.subject in hidden) == 0
     assert not watcher.task.done()
+    assert tap.schema_violations() == []
 
 
 async def test_valid_object_turning_invalid_keeps_last_valid_state(
@@ -87,3 +88,4 @@ async def test_valid_object_turning_invalid_keeps_last_valid_state(
     assert gone.data["uid"] == created["metadata"]["uid"]
     assert gone.data["object"] is None  # the final state was invalid: a bare tombstone
     assert tap.count(lambda m: m.subject == errors) == 1
+    assert tap.schema_violations() == []

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import nats
 import pytest
 from prometheus_client import REGISTRY
@@ -24,7 +25,7 @@ from contracts.subjects import KV_LEADER, k8s_subject
 from services.watcher.elector import LEASE_KEY
 from services.watcher.lease import LeaseRecord
 from tests.apiserver.conftest import Kube
-from tests.conftest import NatsServer
+from tests.conftest import NatsServer, free_port
 from tests.watcher import kubeops
 from tests.watcher.conftest import Tap, start_watcher
 from tests.watcher.samples import change, sample
@@ -114,9 +115,12 @@ def procs() -> Iterator[dict[str, subprocess.Popen[bytes]]]:
             proc.wait(timeout=10)
 
 
-def _spawn(name: str, nats_url: str, kubeconfig: Path, log: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    name: str, nats_url: str, kubeconfig: Path, log: Path, metrics_port: int
+) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "services.cli.main", "watcher", "--nats", nats_url]
     cmd += ["--kubeconfig", str(kubeconfig), "--id", name]
+    cmd += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
     with log.open("wb") as out:
         return subprocess.Popen(
             cmd,
@@ -125,6 +129,23 @@ def _spawn(name: str, nats_url: str, kubeconfig: Path, log: Path) -> subprocess.
             start_new_session=True,
             cwd=Path(__file__).resolve().parents[2],
         )
+
+
+async def _scrape(port: int, metric: str) -> float | None:
+    """One sample of ``metric`` from a watcher's /metrics page (after /readyz says ready)."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
+                    if ready.status == 200:
+                        break
+            await asyncio.sleep(0.05)
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith(metric + " "):
+            return float(line.split()[1])
+    return None
 
 
 async def _holder(nats_url: str) -> str | None:
@@ -150,13 +171,16 @@ async def test_failover_after_sigkill(
     tmp_path: Path,
 ) -> None:
     await kubeops.create(kube, "service", sample("service", "before"))
-    procs["a"] = _spawn("wa", nats_server.url, kube.kubeconfig, tmp_path / "a.log")
+    ports = {"a": free_port(), "b": free_port()}
+    procs["a"] = _spawn("wa", nats_server.url, kube.kubeconfig, tmp_path / "a.log", ports["a"])
     before = k8s_subject("service", "default", "before")
     await tap.wait_for(lambda m: m.subject == before, 15.0)
     assert await _holder(nats_server.url) == "wa"
-    procs["b"] = _spawn("wb", nats_server.url, kube.kubeconfig, tmp_path / "b.log")
+    procs["b"] = _spawn("wb", nats_server.url, kube.kubeconfig, tmp_path / "b.log", ports["b"])
     await asyncio.sleep(2.0)  # b is up and campaigning
     assert await _holder(nats_server.url) == "wa"
+    assert await _scrape(ports["a"], "weir_watcher_is_leader") == 1.0
+    assert await _scrape(ports["b"], "weir_watcher_is_leader") == 0.0
 
     os.killpg(procs["a"].pid, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -168,5 +192,6 @@ async def test_failover_after_sigkill(
     assert took < 5.0, f"standby took {took:.2f}s\n{logs}"
     assert msg.data["producer"] == "wb"
     assert await _holder(nats_server.url) == "wb"
+    assert await _scrape(ports["b"], "weir_watcher_is_leader") == 1.0
     # the takeover relist did not republish what the dead leader had already published
     assert _ops(tap, before) == ["UPSERT"]

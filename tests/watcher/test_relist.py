@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from contracts.subjects import k8s_subject
-from services.apiserver.server import ApiServerConfig
+from services.apiserver.server import ApiServerConfig, start_apiserver
 from services.common.bus import Bus
 from services.watcher.kube import ApiSource, KubeSource, Listing, WatchEvent
 from services.watcher.observe import make_normaliser
@@ -146,3 +146,37 @@ async def test_silent_watch_relists_without_republishing(
         await tap.wait_for(lambda m: m.subject == subject and m.data["op"] == "DELETE", 1.0)
     finally:
         await w.stop()
+
+
+async def test_api_outage_backs_off_and_recovers(
+    kube: Kube, bus: Bus, tap: Tap, apiserver_config: ApiServerConfig
+) -> None:
+    """The stand-in dies and comes back empty on the same port: no crash, then deletes."""
+    reflector = Reflector(
+        "namespace",
+        ApiSource(kube.api),
+        NatsSink(bus.js, "outage-test"),
+        PublishedIndex(),
+        make_normaliser("outage-test"),
+        WatchSettings(timeout_seconds=300, idle=30, backoff_cap=0.3),
+    )
+    await kubeops.create(kube, "namespace", sample("namespace", "doomed"))
+    subject = k8s_subject("namespace", None, "doomed")
+    task = asyncio.create_task(reflector.run())
+    errors_before = _relists("namespace", "error")
+    try:
+        await tap.wait_for(lambda m: m.subject == subject, 2.0)
+        port = kube.server.port
+        await kube.server.stop()
+        await asyncio.sleep(1.0)
+        assert not task.done()
+        assert _relists("namespace", "error") >= errors_before + 2
+        apiserver_config.port = port
+        reborn = await start_apiserver(apiserver_config)
+        try:
+            await tap.wait_for(lambda m: m.subject == subject and m.data["op"] == "DELETE", 3.0)
+        finally:
+            await reborn.stop()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -66,3 +66,4 @@ async def test_create_replace_delete(
         "UPSERT",
         "DELETE",
     ]
+    assert tap.schema_violations() == []
