@@ -10,7 +10,8 @@ Why this shape:
 - Start-up: provision, rebuild the allocator cache from the KV, snapshot namespaces and pods
   (last message per subject) and the published ipcache, publish only the difference (including
   tombstones for IPs of pods that vanished while no allocator ran), then consume from just after
-  the namespace snapshot. Older messages per subject are skipped (:class:`ClusterState`).
+  the namespace snapshot (the instance's old durable is deleted first: the snapshot supersedes
+  its position). Older messages per subject are skipped (:class:`ClusterState`).
 - A message is acked (by :func:`consume`) only after its KV writes and publishes succeeded; any
   bus or KV failure raises and the message is redelivered. Bad input (an invalid event, an
   oversized label set) is logged and counted, and the pod loses its identity and ipcache entries.
@@ -26,6 +27,7 @@ from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from contracts import subjects as s
@@ -76,6 +78,9 @@ class IdentityService:
 
     async def bootstrap(self) -> None:
         await provision(self.bus.js)
+        # the snapshot below replaces whatever the old durable had left: start it afresh after it
+        with contextlib.suppress(NotFoundError):
+            await self.bus.js.delete_consumer(s.STREAM_K8S, self.durable)
         await self.allocator.start()
         await self._load_ipcache()
         ns_snap = await last_per_subject(self.bus.js, s.STREAM_K8S, s.k8s_filter("namespace"))

@@ -193,7 +193,7 @@ async def test_oversized_labels_rejected_and_processing_continues(
     assert metrics.REJECTED.labels("labels")._value.get() == before + 1
 
 
-async def test_restart_reconciles_and_gc_publishes_identity_delete(
+async def test_gc_after_grace_publishes_identity_delete(
     bus: Bus, make_service: Callable[..., Awaitable[IdentityService]]
 ) -> None:
     await send(bus, pod_event("a", 1, labels={"app": "a"}, ips=["10.0.2.1"]))
@@ -224,3 +224,29 @@ async def _changed(entry: Awaitable[IPCacheEntry | None], old: int) -> IPCacheEn
 async def _op(entry: Awaitable[Any], op: Op) -> Any:
     e = await entry
     return e if e is not None and e.op is op else None
+
+
+async def test_service_restart_keeps_identities_and_resumes(bus: Bus) -> None:
+    async def run_once(events: list[K8sEvent], wait_ip: str) -> IPCacheEntry:
+        allocator = Allocator(await NatsKV.open(bus.js), instance="r1")
+        service = IdentityService(bus, allocator, ServiceConfig(instance="r1"))
+        await service.bootstrap()
+        task = asyncio.create_task(service.run())
+        try:
+            for e in events:
+                await send(bus, e)
+            result: IPCacheEntry = await wait_for(lambda: ipcache(bus, wait_ip))
+            return result
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    first = await run_once([pod_event("a", 1, labels={"app": "a"}, ips=["10.0.3.1"])], "10.0.3.1")
+    # while no allocator runs: pod a is deleted, pod b (same labels) appears
+    await send(bus, pod_event("a", 2, labels={}, op=Op.DELETE))
+    await send(bus, pod_event("b", 3, labels={"app": "a"}, ips=["10.0.3.2"]))
+    second = await run_once([], "10.0.3.2")
+    assert second.identity == first.identity  # identity stable across the restart
+    gone = await ipcache(bus, "10.0.3.1")
+    assert gone is not None and gone.op is Op.DELETE
