@@ -13,6 +13,7 @@ import typer
 from services.apiserver.cli import apiserver_command
 from services.datapath.cli import datapath_command
 from services.identity.cli import identity_command
+from services.sandbox.cli import sandbox_app
 from services.watcher.cli import watcher_command
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.command("apiserver")(apiserver_command)
 app.command("datapath")(datapath_command)
 app.command("identity")(identity_command)
 app.command("watcher")(watcher_command)
+app.add_typer(sandbox_app, name="sandbox")
 
 
 def main() -> None:
