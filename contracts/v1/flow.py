@@ -103,7 +103,8 @@ class Layer4(Model):
 
 
 class FlowEndpoint(Model):
-    identity: int = Field(ge=0, le=65535, strict=True)
+    # up to 2**32-1: node-local CIDR identities (ipBlock peers) live above the cluster range
+    identity: int = Field(ge=0, le=0xFFFFFFFF, strict=True)
     namespace: DNSLabel | None = None
     pod_name: DNSSubdomain | None = None
     labels: list[IdentityLabel] = Field(default_factory=list)
