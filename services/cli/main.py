@@ -13,6 +13,8 @@ import typer
 from services.apiserver.cli import apiserver_command
 from services.datapath.cli import datapath_command
 from services.identity.cli import identity_command
+from services.ops.replay_cli import replay_command
+from services.ops.trace_cli import trace_command
 from services.sandbox.cli import sandbox_app
 from services.watcher.cli import watcher_command
 
@@ -27,6 +29,8 @@ app = typer.Typer(
 app.command("apiserver")(apiserver_command)
 app.command("datapath")(datapath_command)
 app.command("identity")(identity_command)
+app.command("replay")(replay_command)
+app.command("trace")(trace_command)
 app.command("watcher")(watcher_command)
 app.add_typer(sandbox_app, name="sandbox")
 

@@ -92,14 +92,23 @@ def _stream_metadata(msg: object) -> tuple[str | None, int | None]:
     return meta.stream, meta.sequence.stream
 
 
-@contextmanager
-def consumer_span(msg: _HasHeaders, *, operation: str = "process") -> Iterator[Span]:
-    """A CONSUMER span for handling ``msg``: child of and linked to the producer's context."""
+def start_consumer_span(
+    msg: _HasHeaders,
+    *,
+    operation: str = "process",
+    attributes: Mapping[str, Any] | None = None,
+) -> Span:
+    """Start (not activate) a CONSUMER span for ``msg``; the caller must end it.
+
+    For batch consumers (a datapath worker applies a whole fetch in one reconcile): every
+    message gets its own span, child of and linked to its producer's context, open from when the
+    batch is absorbed until it is acked, so each change's trace shows that node's work.
+    """
     headers = msg.headers or {}
     parent = extract(headers)
     producer_ctx = trace.get_current_span(parent).get_span_context()
     links = [Link(producer_ctx)] if producer_ctx.is_valid else []
-    attributes: dict[str, Any] = {
+    attrs: dict[str, Any] = {
         "messaging.system": SYSTEM,
         "messaging.operation.name": operation,
         "messaging.operation.type": "process",
@@ -108,17 +117,24 @@ def consumer_span(msg: _HasHeaders, *, operation: str = "process") -> Iterator[S
     }
     msg_id = headers.get("Nats-Msg-Id")
     if msg_id:
-        attributes["messaging.message.id"] = msg_id
+        attrs["messaging.message.id"] = msg_id
     stream, seq = _stream_metadata(msg)
     if stream is not None:
-        attributes[ATTR_STREAM] = stream
+        attrs[ATTR_STREAM] = stream
     if seq is not None:
-        attributes[ATTR_STREAM_SEQUENCE] = seq
+        attrs[ATTR_STREAM_SEQUENCE] = seq
+    attrs.update(attributes or {})
     name = f"{operation} {subject_template(msg.subject)}"
-    with _tracer().start_as_current_span(
-        name, context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes
-    ) as sp:
-        yield sp
+    return _tracer().start_span(
+        name, context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attrs
+    )
+
+
+@contextmanager
+def consumer_span(msg: _HasHeaders, *, operation: str = "process") -> Iterator[Span]:
+    """A CONSUMER span for handling ``msg``: child of and linked to the producer's context."""
+    with trace.use_span(start_consumer_span(msg, operation=operation), end_on_exit=True) as span:
+        yield span
 
 
 def setup_tracing(

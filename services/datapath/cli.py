@@ -62,6 +62,7 @@ def datapath_command(
     from pydantic import ValidationError  # noqa: PLC0415
 
     from services.common.logging import setup_logging  # noqa: PLC0415
+    from services.common.tracing import setup_tracing  # noqa: PLC0415
     from services.datapath.worker import DatapathSettings  # noqa: PLC0415
 
     try:
@@ -81,6 +82,7 @@ def datapath_command(
         typer.echo(f"weir datapath: invalid option: {exc}", err=True)
         raise typer.Exit(2) from None
     setup_logging(settings.log_level, settings.log_format)
+    setup_tracing("weir-datapath", node=settings.node_name)  # WEIR_TRACE_FILE / OTEL_*
     try:
         asyncio.run(_serve(settings))
     except Exception as exc:  # loader/bus start-up failures: one clear line, exit 1

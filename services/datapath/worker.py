@@ -32,6 +32,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
+from opentelemetry.trace import Span, StatusCode
 from pydantic import ValidationError, field_validator
 
 from contracts.subjects import (
@@ -43,6 +44,7 @@ from contracts.subjects import (
     status_subject,
 )
 from contracts.v1 import K8sEvent, MapFill, NodeStatus
+from services.common import tracing
 from services.common.bus import Bus, connect_bus, provision, publish
 from services.common.consume import DurableSpec, last_per_subject
 from services.common.ops import OpsServer, start_ops_server
@@ -52,6 +54,7 @@ from services.datapath.frontend import Frontend
 from services.datapath.lbmap import LBMap
 from services.datapath.model import DesiredState
 from services.datapath.reconcile import ApplyResult, Reconciler
+from services.datapath.writecount import WriteCounter
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,8 @@ class DatapathWorker:
         self.bus = bus
         self.lbmap = lbmap
         self.model = DesiredState(self.node)
-        self.reconciler = Reconciler(lbmap)  # mirror + allocators restored from the maps
+        self.writes = WriteCounter(lbmap)  # per-map entry counts for the trace spans
+        self.reconciler = Reconciler(self.writes)  # mirror + allocators restored from the maps
         self.program_versions = program_versions or {}
         self.synced = False
         self.applied_seq = 0
@@ -191,18 +195,29 @@ class DatapathWorker:
                 await psub.unsubscribe()
 
     async def handle_batch(self, msgs: Sequence[Msg]) -> None:
-        """Absorb every message, apply once, then ack (or nak the batch on a map error)."""
-        for msg in msgs:
-            self._absorb(msg)
-        changed = self.model.flush()
-        result = await self._apply(changed, "incremental")
-        if result.errors and not result.full:
+        """Absorb every message, apply once, then ack (or nak the batch on a map error).
+
+        Each message gets its own CONSUMER span (child of its producer's context), open from
+        absorb to ack, carrying what the batch's reconcile wrote and the network-programming
+        latency of its change, so ``weir trace`` shows every node's work for that change."""
+        attrs = {"weir.node": self.node, "weir.batch.size": len(msgs)}
+        spans = [tracing.start_consumer_span(msg, attributes=attrs) for msg in msgs]
+        try:
+            events = [self._absorb(msg) for msg in msgs]
+            changed = self.model.flush()
+            self.writes.take()
+            result = await self._apply(changed, "incremental")
+            _annotate(spans, events, result, self.writes.take())
+            if result.errors and not result.full:
+                for msg in msgs:
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=self.settings.retry_interval)
+                return
             for msg in msgs:
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=self.settings.retry_interval)
-            return
-        for msg in msgs:
-            await msg.ack()
+                await msg.ack()
+        finally:
+            for span in spans:
+                span.end()
         self.applied_seq = max(self.applied_seq, *(msg.metadata.sequence.stream for msg in msgs))
         await self.publish_status()
 
@@ -213,22 +228,23 @@ class DatapathWorker:
         self._account(result)
         return result
 
-    def _absorb(self, msg: Msg) -> None:
-        """Decode one bus message into the model; skip stale or invalid ones."""
+    def _absorb(self, msg: Msg) -> K8sEvent | None:
+        """Decode one bus message into the model; skip stale or invalid ones (None)."""
         seq = msg.metadata.sequence.stream
         if seq <= self._seen.get(msg.subject, 0):
-            return  # already absorbed (snapshot or an earlier delivery)
+            return None  # already absorbed (snapshot or an earlier delivery)
         self._seen[msg.subject] = seq
         try:
             event = K8sEvent.model_validate_json(msg.data)
         except ValidationError as exc:
             self._bad(msg, exc)
-            return
+            return None
         if event.subject() != msg.subject:
             log.error("%s: %s carries %s; skipped", self.node, msg.subject, event.subject())
             m.BAD_MESSAGES.labels(event.kind).inc()
-            return
+            return None
         self.model.apply(event)
+        return event
 
     def _bad(self, msg: Msg, exc: ValidationError) -> None:
         try:
@@ -282,6 +298,29 @@ class DatapathWorker:
             await publish(self.bus.js, status_subject(self.node), status, msg_id=msg_id)
         except Exception as exc:  # status is best effort; the maps are what matters
             log.warning("%s: cannot publish status: %r", self.node, exc)
+
+
+def _annotate(
+    spans: Sequence[Span],
+    events: Sequence[K8sEvent | None],
+    result: ApplyResult,
+    maps: dict[str, int],
+) -> None:
+    """Trace attributes of one applied batch on each message's span."""
+    now = time.time()
+    for span, event in zip(spans, events, strict=True):
+        span.set_attribute("weir.entries_written", result.writes)
+        span.set_attribute("weir.maps_touched", list(maps))
+        for name, count in maps.items():
+            span.set_attribute(f"weir.map.{name}.entries_written", count)
+        if event is None:
+            span.set_attribute("weir.skipped", True)
+            continue
+        span.set_attribute("weir.object", f"{event.kind}/{event.namespace or '-'}/{event.name}")
+        span.set_attribute("weir.op", event.op.value)
+        span.set_attribute("weir.network_programming_seconds", now - event.observed_at.timestamp())
+        if result.errors:
+            span.set_status(StatusCode.ERROR, result.errors[0].message)
 
 
 def open_maps(settings: DatapathSettings) -> tuple[LBMap, Callable[[], None], dict[str, str]]:

@@ -61,6 +61,7 @@ def watcher_command(
     from pydantic import ValidationError  # noqa: PLC0415
 
     from services.common.logging import setup_logging  # noqa: PLC0415
+    from services.common.tracing import setup_tracing  # noqa: PLC0415
     from services.watcher.service import WatcherSettings  # noqa: PLC0415
 
     try:
@@ -81,6 +82,7 @@ def watcher_command(
         typer.echo(f"weir watcher: invalid option: {exc}", err=True)
         raise typer.Exit(2) from None
     setup_logging(settings.log_level, settings.log_format)
+    setup_tracing("weir-watcher")  # WEIR_TRACE_FILE / OTEL_*
     try:
         asyncio.run(_serve(settings))
     except OSError as exc:
