@@ -127,7 +127,33 @@ def render_text(result: ProbeResult) -> str:
     return "\n".join(lines)
 
 
+def repl(lines: Any = None) -> int:
+    """``weir-probe repl``: one JSON result line per request line ``PROTO HOST:PORT COUNT``.
+
+    For tests that probe many times and time convergence: one process in the pod, so a probe
+    costs only its connections, not a process start and an exec into the pod.
+    """
+    for line in lines if lines is not None else sys.stdin:
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            proto, target, count = parts[0], parts[1], int(parts[2])
+            timeout = float(parts[3]) if len(parts) > 3 else 0.5
+            if proto not in ("tcp", "udp") or count < 1:
+                raise ValueError(f"request {line.strip()!r}: expected PROTO HOST:PORT COUNT")
+            host, port = parse_target(target)
+        except (ValueError, IndexError) as exc:
+            print(json.dumps({"error": str(exc)}), flush=True)
+            continue
+        print(json.dumps(probe(proto, host, port, count, timeout).to_json()), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["repl"]:
+        return repl()
     parser = argparse.ArgumentParser(prog="weir-probe", description=__doc__.splitlines()[0])
     parser.add_argument("proto", choices=["tcp", "udp"])
     parser.add_argument("target", help="HOST:PORT, e.g. a ClusterIP and port")
