@@ -35,8 +35,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from contracts.v1.networkpolicy import PolicyPeer, PolicyPort
+from services.datapath.fakepolicymaps import policy_allows
 from services.datapath.policy_cidr import CidrAllocator, block_identities, policy_prefixes
-from services.datapath.policy_decide import matching_keys
 from services.datapath.policy_model import (
     PROTO_NUMBERS,
     ClusterPod,
@@ -331,12 +331,13 @@ def explain(
     ptype = "Ingress" if direction is Direction.INGRESS else "Egress"
     enforcing = tuple(p.ref for p in selecting if ptype in p.spec.policy_types)
     _, grants = _endpoint_grants(ctx, selecting, endpoint)
-    keys = set(
-        matching_keys(
-            {g.key for g in grants}, endpoint.endpoint_id, direction, peer_identity, proto, port
-        )
-    )
-    allowed_by = sorted({g.origin for g in grants if g.key in keys}, key=str)
+    eid = endpoint.endpoint_id
+    matched = [
+        g.origin
+        for g in grants
+        if policy_allows({g.key}, eid, direction, peer_identity, proto, port)
+    ]
+    allowed_by = sorted(set(matched), key=str)
     return Explanation(
         endpoint=endpoint.ref,
         direction=direction,
@@ -345,6 +346,6 @@ def explain(
         port=port,
         selected_by=tuple(p.ref for p in selecting),
         enforcing=enforcing,
-        allowed=not enforcing or bool(keys),
+        allowed=not enforcing or bool(matched),
         allowed_by=tuple(allowed_by),
     )

@@ -1,4 +1,4 @@
-"""A small in-memory cluster for resolver tests: namespaces, pods, identities, policies.
+"""A small in-memory cluster for resolver tests: namespaces, pods, identities, policies, verdicts.
 
 Identities are derived with the identity service's real label logic
 (``services.identity.labels.security_labels``), so the resolver is tested against the label sets
@@ -15,6 +15,9 @@ import yaml
 
 from contracts.v1.convert import from_k8s
 from contracts.v1.networkpolicy import NetworkPolicy
+from services.datapath.fakepolicymaps import Packet
+from services.datapath.fakepolicymaps import decide as datapath_decide
+from services.datapath.flowevents import Verdict
 from services.datapath.policy import resolve
 from services.datapath.policy_cidr import CidrAllocator
 from services.datapath.policy_model import (
@@ -24,10 +27,11 @@ from services.datapath.policy_model import (
     PolicyIssue,
     PolicyRef,
 )
-from services.datapath.policymap import PolicyState
+from services.datapath.policymap import Direction, PolicyState
 from services.identity.labels import security_labels
 
 FIRST_IDENTITY = 256
+OWN_ADDRESS = "10.244.255.254"  # the endpoint's side of a packet; the verdict does not use it
 TCP, UDP, SCTP = 6, 17, 132
 
 
@@ -133,3 +137,15 @@ def policies_from_yaml(text: str, default_namespace: str = "default") -> list[Po
         meta = doc["metadata"]
         out.append(PolicyRef(meta.get("namespace", default_namespace), meta["name"], spec))
     return out
+
+
+def decide(
+    state: PolicyState, ifindex: int, direction: Direction, peer: str, proto: int, port: int
+) -> bool:
+    """Whether the datapath model (``fakepolicymaps.decide``, the same lookups as bpf/policy.c)
+    forwards the first packet between the endpoint at ``ifindex`` and the address ``peer``;
+    ``port`` is the destination port (the endpoint's for ingress, the peer's for egress)."""
+    ingress = direction is Direction.INGRESS
+    src, dst = (peer, OWN_ADDRESS) if ingress else (OWN_ADDRESS, peer)
+    decision = datapath_decide(state, Packet(ifindex, direction, src, dst, proto, port))
+    return decision is None or decision.verdict is Verdict.FORWARDED

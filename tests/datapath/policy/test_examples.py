@@ -2,19 +2,19 @@
 
 Each example (https://kubernetes.io/docs/concepts/services-networking/network-policies/, YAML from
 kubernetes/website content/en/examples/service/networking/) is resolved for the cluster below and
-every row asks the pure datapath model (LPM ipcache + the four policy lookups) whether one flow
-passes; rows list allowed AND denied flows, as the documentation describes them.
+every row asks the datapath model (``fakepolicymaps.decide``: LPM ipcache, then the four policy
+lookups) whether the first packet of one flow passes; rows list allowed AND denied flows, as
+the documentation describes them.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from services.datapath.policy_decide import decide
 from services.datapath.policy_model import NamedPort
 from services.datapath.policymap import Direction, EndpointFlags, EndpointKey
 
-from .cluster import SCTP, TCP, UDP, Cluster, PodSpec, policies_from_yaml
+from .cluster import SCTP, TCP, UDP, Cluster, PodSpec, decide, policies_from_yaml
 
 IN, OUT = Direction.INGRESS, Direction.EGRESS
 
