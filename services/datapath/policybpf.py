@@ -2,10 +2,12 @@
 
 Why on pinned file descriptors (like ``bpfmaps.BpfLBMap``): the maps outlive every worker, so
 the worker after a restart, and operator tools that never compile anything, open the same pins
-and see the same state. Writes reuse :class:`bpfmaps.PinnedMap` (batches, per-entry fallback
-where the kernel refuses batches on LPM tries, E2BIG/ENOSPC as ``MapFullError`` naming the map
-and the entry). Encoding errors surface as ``bpflayout.EntryError`` (a ValueError naming map,
-entry and field) before anything is written for that batch.
+and see the same state. Maps are opened and read through :class:`bpfmaps.PinnedMap`; writes go
+through the ``bpfsys`` batch calls on ctypes arrays (one syscall per CHUNK entries, one per entry
+where the kernel refuses batches), with E2BIG/ENOSPC as ``MapFullError`` naming the map and the
+entry. Policy batches are small next to the LB's, so they do not need the LB's packed fast path.
+Encoding errors surface as ``bpflayout.EntryError`` (a ValueError naming map, entry and field)
+before anything of that batch is written.
 
 Besides the PolicyMaps protocol this exposes what only the kernel has: the datapath counters
 (summed over CPUs) and the conntrack table, for tests, ``weir status`` and debugging.
@@ -14,13 +16,15 @@ Besides the PolicyMaps protocol this exposes what only the kernel has: the datap
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Iterable, Mapping
+import errno
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services.datapath import bpfsys
 from services.datapath.bpfmaps import PinnedMap, possible_cpus
-from services.datapath.lbmap import MapError
+from services.datapath.lbmap import MapError, MapFullError
 from services.datapath.policylayout import (
     MAP_CT,
     MAP_ENDPOINTS,
@@ -52,6 +56,60 @@ from services.datapath.policymap import (
 )
 
 _ALLOW = PolicyRuleValue(flags=0)
+CHUNK = 4096  # entries per batch syscall
+_FULL = (errno.E2BIG, errno.ENOSPC)
+_NO_BATCH = (errno.EINVAL, 524, errno.EOPNOTSUPP)  # 524: the kernel's ENOTSUPP
+
+
+def _fail(m: PinnedMap, exc: OSError, entry: object) -> MapError:
+    if exc.errno in _FULL:
+        return MapFullError(m.spec.name, f"writing {entry!r}: map full ({m.max_entries} entries)")
+    return MapError(m.spec.name, f"writing {entry!r}: {exc.strerror}")
+
+
+def write(m: PinnedMap, pairs: Sequence[tuple[Any, Any]], labels: Sequence[object]) -> None:
+    """Write (ctypes key, ctypes value) pairs; ``labels`` name them in errors."""
+    for start in range(0, len(pairs), CHUNK):
+        part = pairs[start : start + CHUNK]
+        if m.batch:
+            keys = (m.spec.key * len(part))(*(k for k, _ in part))
+            values = (m.spec.value * len(part))(*(v for _, v in part))
+            try:
+                bpfsys.map_update_batch(m.fd, keys, values, len(part))
+                continue
+            except OSError as exc:
+                if exc.errno not in _NO_BATCH:
+                    raise _fail(m, exc, labels[start + exc.done]) from exc  # type: ignore[attr-defined]
+                m.batch = False
+        for i, (key, value) in enumerate(part):
+            try:
+                bpfsys.map_update(m.fd, key, value)
+            except OSError as exc:
+                raise _fail(m, exc, labels[start + i]) from exc
+
+
+def erase(m: PinnedMap, keys: Sequence[Any], labels: Sequence[object]) -> None:
+    """Delete keys; absent keys are skipped (deleting what is absent is not an error)."""
+    pos = 0
+    while pos < len(keys) and m.batch:
+        part = keys[pos : pos + CHUNK]
+        try:
+            bpfsys.map_delete_batch(m.fd, (m.spec.key * len(part))(*part), len(part))
+            pos += len(part)
+        except OSError as exc:
+            done = exc.done  # type: ignore[attr-defined]
+            if exc.errno == errno.ENOENT:
+                pos += done + 1  # skip the absent key, go on after it
+            elif exc.errno in _NO_BATCH and done == 0:
+                m.batch = False
+            else:
+                raise _fail(m, exc, labels[pos + done]) from exc
+    for i in range(pos, len(keys)):
+        try:
+            bpfsys.map_delete(m.fd, keys[i])
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise _fail(m, exc, labels[i]) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,28 +158,28 @@ class BpfPolicyMaps:
 
     def update_endpoints(self, items: Mapping[EndpointKey, EndpointValue]) -> None:
         pairs = [(encode_endpoint_key(k), encode_endpoint(k, v)) for k, v in items.items()]
-        self.maps[MAP_ENDPOINTS].update(pairs, list(items))
+        write(self.maps[MAP_ENDPOINTS], pairs, list(items))
 
     def delete_endpoints(self, keys: Iterable[EndpointKey]) -> None:
         labels = list(keys)
-        self.maps[MAP_ENDPOINTS].delete([encode_endpoint_key(k) for k in labels], labels)
+        erase(self.maps[MAP_ENDPOINTS], [encode_endpoint_key(k) for k in labels], labels)
 
     def update_ipcache(self, items: Mapping[CidrKey, int]) -> None:
         pairs = [(encode_cidr(k), encode_identity(k, v)) for k, v in items.items()]
-        self.maps[MAP_IPCACHE].update(pairs, list(items))
+        write(self.maps[MAP_IPCACHE], pairs, list(items))
 
     def delete_ipcache(self, keys: Iterable[CidrKey]) -> None:
         labels = list(keys)
-        self.maps[MAP_IPCACHE].delete([encode_cidr(k) for k in labels], labels)
+        erase(self.maps[MAP_IPCACHE], [encode_cidr(k) for k in labels], labels)
 
     def update_policy(self, keys: Iterable[PolicyKey]) -> None:
         labels = list(keys)
         pairs = [(encode_policy_key(k), _ALLOW) for k in labels]
-        self.maps[MAP_POLICY].update(pairs, labels)
+        write(self.maps[MAP_POLICY], pairs, labels)
 
     def delete_policy(self, keys: Iterable[PolicyKey]) -> None:
         labels = list(keys)
-        self.maps[MAP_POLICY].delete([encode_policy_key(k) for k in labels], labels)
+        erase(self.maps[MAP_POLICY], [encode_policy_key(k) for k in labels], labels)
 
     def dump(self) -> PolicyState:
         state = PolicyState()
@@ -182,7 +240,7 @@ class BpfPolicyMaps:
         many there were."""
         ct = self.maps[MAP_CT]
         keys = [k for k, _ in ct.items()]
-        ct.delete(keys, keys)
+        erase(ct, keys, keys)
         return len(keys)
 
 

@@ -8,7 +8,8 @@ namespaces this module created. Every pod runs one echo server (TCP and UDP) on 
 Clients are sockets the test process opens *inside* a pod's namespace (a thread enters it with
 setns, creates the socket, and leaves), so a connection attempt costs no process start.
 
-Names are unique per run; namespaces (with their processes) and pins are removed at teardown
+Only the fixtures need root (test_decide.py runs without). Names are unique per run;
+namespaces (with their processes) and pins are removed at teardown
 also when a test fails.
 """
 
@@ -97,14 +98,14 @@ def _delete_netns(name: str) -> None:
     subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package")
 def _need_root() -> None:
     if os.geteuid() != 0:
         pytest.fail("the policy BPF tests need root (CAP_BPF, netns): run them as root")
 
 
 @pytest.fixture(scope="package")
-def lab() -> Iterator[Lab]:
+def lab(_need_root: None) -> Iterator[Lab]:
     node = unique_name("weirpnode-")
     pin_root = BPFFS / unique_name("weir-ptest-", max_len=24)
     namespaces = [node]
