@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class ChildSpec:
     log: Path
     cgroup: Path | None = None
     metrics_url: str = ""  # http://HOST:PORT of its ops server; "" -> ready once running
+    env: Mapping[str, str] = field(default_factory=dict)  # added to the supervisor's environment
 
     def command(self) -> list[str]:
         if self.cgroup is None:
@@ -100,6 +102,7 @@ class Child:
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **self.spec.env},
             )
 
     async def run(self) -> None:

@@ -104,7 +104,12 @@ class Supervisor:
     def _child(self, name: str, argv: list[str], metrics_url: str = "") -> Child:
         assert self.sandbox is not None
         cgroup = self.sandbox.cgroup_root / f"weir-{self.cfg.sandbox_id}" / "control"
-        spec = ChildSpec(name, argv, self.logs / f"{name}.log", cgroup, metrics_url)
+        # every process writes its spans where `weir trace` looks by default
+        tracing = {
+            "WEIR_TRACE_FILE": str(self.dir / "traces" / f"{name}.jsonl"),
+            "OTEL_BSP_SCHEDULE_DELAY": "200",  # ms: spans reach the file promptly
+        }
+        spec = ChildSpec(name, argv, self.logs / f"{name}.log", cgroup, metrics_url, tracing)
         child = Child(spec, on_event=self.changed)
         self.children[name] = child
         self._tasks.append(asyncio.create_task(child.run(), name=f"child-{name}"))
