@@ -69,6 +69,9 @@ class JsonLinesSpanExporter(SpanExporter):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
+        parent = os.path.dirname(self.path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)  # e.g. the sandbox's <state>/traces/
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not spans:
