@@ -32,6 +32,7 @@ from pathlib import Path
 
 from services.datapath import bpfsys
 from services.datapath.bpfmaps import possible_cpus
+from services.datapath.policybpf import percpu_sum
 from services.datapath.policylayout import (
     MAP_TYPE_RINGBUF,
     POLICY_COUNTERS,
@@ -207,9 +208,7 @@ class FlowEventReader:
         """Events the datapath could not record since its maps were created (ring full)."""
         if self._counters_fd < 0:
             return 0
-        per_cpu = (ctypes.c_uint64 * self._ncpu)()
-        bpfsys.map_lookup(self._counters_fd, ctypes.c_uint32(_LOST_INDEX), per_cpu)
-        return sum(per_cpu)
+        return percpu_sum(self._counters_fd, _LOST_INDEX, self._ncpu)
 
     def drain(self) -> list[RawFlowEvent]:
         """Every complete record available now, without waiting."""

@@ -204,14 +204,8 @@ class BpfPolicyMaps:
 
     def counters(self) -> dict[str, int]:
         """The per-CPU counters of bpf/policy.c (enum policy_counter), summed over CPUs."""
-        ncpu = possible_cpus()
-        fd = self.maps[MAP_POLICY_COUNTERS].fd
-        out: dict[str, int] = {}
-        for index, name in enumerate(POLICY_COUNTERS):
-            per_cpu = (ctypes.c_uint64 * ncpu)()
-            bpfsys.map_lookup(fd, ctypes.c_uint32(index), per_cpu)
-            out[name] = sum(per_cpu)
-        return out
+        fd, ncpu = self.maps[MAP_POLICY_COUNTERS].fd, possible_cpus()
+        return {name: percpu_sum(fd, i, ncpu) for i, name in enumerate(POLICY_COUNTERS)}
 
     def conntrack(self) -> list[CtFlow]:
         """Every conntrack entry (one pass; entries may expire or be evicted meanwhile)."""
@@ -242,6 +236,13 @@ class BpfPolicyMaps:
         keys = [k for k, _ in ct.items()]
         erase(ct, keys, keys)
         return len(keys)
+
+
+def percpu_sum(fd: int, index: int, ncpu: int) -> int:
+    """One slot of a per-CPU u64 array, summed over the ``ncpu`` possible CPUs."""
+    per_cpu = (ctypes.c_uint64 * ncpu)()
+    bpfsys.map_lookup(fd, ctypes.c_uint32(index), per_cpu)
+    return sum(per_cpu)
 
 
 def _ntohs(raw: int) -> int:

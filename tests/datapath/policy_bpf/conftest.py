@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -177,7 +178,7 @@ def maps(loader: PolicyLoader, events: FlowEventReader) -> Iterator[BpfPolicyMap
 # --- clients inside a pod's namespace -----------------------------------------------------------
 
 
-def netns_socket(netns: str, kind: int) -> socket.socket:
+def netns_socket(netns: str, kind: int, proto: int = 0) -> socket.socket:
     """A socket created inside ``netns`` (it stays there; the creating thread enters and dies)."""
     made: list[socket.socket] = []
     failed: list[BaseException] = []
@@ -191,7 +192,7 @@ def netns_socket(netns: str, kind: int) -> socket.socket:
                     raise OSError(err, f"setns {netns}: {os.strerror(err)}")
             finally:
                 os.close(fd)
-            made.append(socket.socket(socket.AF_INET, kind))
+            made.append(socket.socket(socket.AF_INET, kind, proto))
         except BaseException as exc:
             failed.append(exc)
 
@@ -224,6 +225,28 @@ def udp(pod: Pod, ip: str, port: int, timeout: float = 0.6) -> str:
             return s.recvfrom(64)[0].decode()
         except TimeoutError:
             return "timeout"
+
+
+def ping(pod: Pod, ip: str, ident: int, timeout: float = 0.6) -> bool:
+    """One ICMP echo from ``pod`` (raw socket); True when the matching reply arrived."""
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"weir"
+    total = sum(struct.unpack("!4H", header[:8])) + sum(struct.unpack("!2H", header[8:]))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    packet = header[:2] + struct.pack("!H", ~total & 0xFFFF) + header[4:]
+    with netns_socket(pod.netns, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+        s.settimeout(timeout)
+        s.sendto(packet, (ip, 0))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data, (src, _) = s.recvfrom(256)
+            except TimeoutError:
+                return False
+            icmp = data[(data[0] & 0x0F) * 4 :]
+            if src == ip and icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == ident:
+                return True
+    return False
 
 
 def wait_events(reader: FlowEventReader, count: int, timeout: float = 2.0) -> list[RawFlowEvent]:

@@ -30,7 +30,7 @@ from services.datapath.policymap import (
     PolicyMaps,
     port_range_prefixes,
 )
-from tests.datapath.policy_bpf.conftest import SMALL, Lab, Pod, tcp, udp, wait_events
+from tests.datapath.policy_bpf.conftest import SMALL, Lab, Pod, ping, tcp, udp, wait_events
 
 pytestmark = pytest.mark.bpf
 
@@ -206,6 +206,22 @@ def test_udp_request_response_through_conntrack(
         (Direction.EGRESS, ObservationPoint.FROM_ENDPOINT, 8081, UDP)
     ]
     assert (drops[0].src_identity, drops[0].dst_identity) == (IDS["cli"], IDS["srv"])
+
+
+def test_icmp_echo_policy_and_replies(maps: BpfPolicyMaps, lab: Lab) -> None:
+    configure(maps, lab, {"srv": INGRESS, "cli": INGRESS})
+    srv, cli, ext = lab.pods["srv"], lab.pods["cli"], lab.pods["ext"]
+    assert not ping(cli, srv.ip, 0x4242)  # srv enforces ingress, nothing allows ICMP
+    maps.update_policy([rule("srv", Direction.INGRESS, ANY_PROTO, IDS["cli"])])
+    assert ping(cli, srv.ip, 0x4243)  # allowed; the echo reply passes cli's ingress via CT
+    assert not ping(ext, srv.ip, 0x4244)
+    assert not ping(srv, cli.ip, 0x4243)  # a request the other way is new, not a reply
+    flows = [f for f in maps.conntrack() if f.proto == 1 and f.endpoint_id == EP_IDS["cli"]]
+    # cli's egress is not enforced: both of its echo flows were tracked, keyed by the echo id
+    assert {(f.direction, f.sport, f.dport) for f in flows} == {
+        (Direction.EGRESS, 0x4242, 0),
+        (Direction.EGRESS, 0x4243, 0),
+    }
 
 
 def test_kernel_maps_dump_like_the_fake(maps: BpfPolicyMaps, lab: Lab) -> None:
