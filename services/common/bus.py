@@ -17,6 +17,7 @@ Consumption lives in :mod:`services.common.consume` and provisioning in
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Iterable, Mapping
@@ -30,6 +31,7 @@ from nats.aio.client import Server
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
+from opentelemetry.trace import Span
 from pydantic import BaseModel
 
 from services.common import metrics, tracing
@@ -121,8 +123,10 @@ async def connect_bus(
             nc = await nats.connect(
                 url,
                 name=name,
+                # The first connect gives up after two tries so that the loop here owns its
+                # backoff and bound; once connected, the client reconnects forever.
                 allow_reconnect=True,
-                max_reconnect_attempts=-1,
+                max_reconnect_attempts=1,
                 reconnect_time_wait=0.05,
                 reconnect_to_server_handler=pick_server,
                 connect_timeout=2,
@@ -131,8 +135,9 @@ async def connect_bus(
                 reconnected_cb=on_reconnected,
                 closed_cb=on_closed,
             )
+            nc.options["max_reconnect_attempts"] = -1  # read by the client at each disconnect
             break
-        except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
             tries += 1
             if max_initial_attempts is not None and tries >= max_initial_attempts:
                 raise ConnectionError(f"cannot connect to NATS at {url}: {exc}") from exc
@@ -167,6 +172,13 @@ class Outgoing(NamedTuple):
     headers: Mapping[str, str] | None = None
 
 
+def _encode_for(subject: str, data: bytes | BaseModel) -> bytes:
+    try:
+        return encode(data)
+    except TypeError as exc:
+        raise TypeError(f"publish to {subject}: {exc}") from exc
+
+
 def encode(data: bytes | BaseModel) -> bytes:
     """Bytes as they are; a pydantic model as its JSON."""
     if isinstance(data, BaseModel):
@@ -199,7 +211,7 @@ async def publish(
     """Publish one message to JetStream and wait for the stream's ack (see module doc)."""
     if not msg_id:
         raise ValueError(f"publish to {subject}: msg_id must be a non-empty string")
-    payload = encode(data)
+    payload = _encode_for(subject, data)
     template = tracing.subject_template(subject)
     with tracing.producer_span(subject, msg_id) as span:
         hdrs = tracing.inject(headers)
@@ -229,20 +241,84 @@ async def publish_batch(
     js: JetStreamContext,
     items: Iterable[Outgoing],
     *,
-    window: int = 256,
-    ack_timeout: float | None = None,
+    window: int = 1024,
+    ack_timeout: float = 5.0,
     attempts: int = 8,
 ) -> list[PubAck]:
-    """Publish many messages with at most ``window`` in flight; acks in input order.
+    """Publish many messages pipelined, at most ``window`` unacknowledged; acks in input order.
 
-    Every message gets the same treatment as :func:`publish`. Failures do not stop the batch;
-    afterwards a :class:`PublishBatchError` reports which ones failed (the msg ids make it safe
-    to publish the whole batch again).
+    The fast path sends without waiting (``publish_async``) and collects acks as they come.
+    Anything that did not succeed there (no ack within ``ack_timeout``, a transient error, a
+    disconnect) goes through :func:`publish` with its retries afterwards, which is safe because
+    of the msg ids. Permanent failures do not stop the batch; a :class:`PublishBatchError`
+    reports them at the end (publishing the whole batch again is safe).
     """
     queue = list(items)
+    payloads = [_encode_for(o.subject, o.data) for o in queue]
     acks: list[PubAck | None] = [None] * len(queue)
     errors: dict[int, BaseException] = {}
-    cursor = iter(range(len(queue)))
+    retry: list[int] = []
+    slots = asyncio.Semaphore(max(1, window))
+    inflight: dict[int, asyncio.Future[PubAck]] = {}
+
+    def settle(i: int, span: Span, fut: asyncio.Future[PubAck]) -> None:
+        inflight.pop(i, None)
+        slots.release()
+        if fut.cancelled():
+            retry.append(i)
+        elif (exc := fut.exception()) is not None:
+            (retry.append(i) if _is_transient(exc) else errors.__setitem__(i, exc))
+            span.record_exception(exc)
+        else:
+            ack = acks[i] = fut.result()
+            span.set_attribute(tracing.ATTR_STREAM, ack.stream)
+            span.set_attribute(tracing.ATTR_STREAM_SEQUENCE, ack.seq)
+        span.end()
+
+    for i, o in enumerate(queue):
+        try:
+            if slots.locked():  # only then wait: an extra yield per message costs a syscall
+                await asyncio.wait_for(slots.acquire(), ack_timeout)
+            else:
+                await slots.acquire()
+        except TimeoutError:  # acks stopped coming (disconnect?): hand the stragglers to retry
+            for fut in list(inflight.values()):
+                fut.cancel()
+            await slots.acquire()
+        span = tracing.start_producer_span(o.subject, o.msg_id)
+        hdrs = tracing.inject_span(o.headers, span)
+        hdrs[MSG_ID_HEADER] = o.msg_id
+        try:
+            fut = await js.publish_async(o.subject, payloads[i], headers=hdrs)
+        except Exception:
+            slots.release()
+            span.end()
+            retry.append(i)
+            continue
+        inflight[i] = fut
+        fut.add_done_callback(functools.partial(settle, i, span))
+    if inflight:
+        _, late = await asyncio.wait(list(inflight.values()), timeout=ack_timeout)
+        for fut in late:
+            fut.cancel()
+        await asyncio.sleep(0)  # let the cancelled futures' callbacks run
+    await _publish_each(js, queue, sorted(retry), acks, errors, ack_timeout, attempts)
+    if errors:
+        raise PublishBatchError(errors, acks)
+    return [a for a in acks if a is not None]
+
+
+async def _publish_each(
+    js: JetStreamContext,
+    queue: list[Outgoing],
+    indices: list[int],
+    acks: list[PubAck | None],
+    errors: dict[int, BaseException],
+    ack_timeout: float,
+    attempts: int,
+) -> None:
+    """The slow path of publish_batch: each message through :func:`publish`, 64 at a time."""
+    cursor = iter(indices)
 
     async def worker() -> None:
         for i in cursor:
@@ -260,7 +336,4 @@ async def publish_batch(
             except PublishError as exc:
                 errors[i] = exc
 
-    await asyncio.gather(*(worker() for _ in range(max(1, min(window, len(queue))))))
-    if errors:
-        raise PublishBatchError(errors, acks)
-    return [a for a in acks if a is not None]
+    await asyncio.gather(*(worker() for _ in range(min(64, len(indices)))))

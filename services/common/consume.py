@@ -214,21 +214,23 @@ async def last_per_subject(
     stream: str,
     filter_subject: str,
     *,
-    batch: int = 4096,
-    fetch_timeout: float = 5.0,
+    idle_timeout: float = 5.0,
     attempts: int = 3,
 ) -> LastPerSubject:
     """Snapshot: every subject's latest message under ``filter_subject`` (see module doc).
 
     ``sequence`` is at least the stream's last sequence when the call started; every message
     up to it that is the newest of its subject is in ``messages``. Messages published while
-    the snapshot is read may be included too (``sequence`` then covers them).
+    the snapshot is read may be included too (``sequence`` then covers them). An ordered push
+    consumer delivers without a round trip per batch; should it reset (a gap after a
+    reconnect) it re-delivers from the gap on, and keeping the newest message per subject makes
+    the result the same.
     """
     last_exc: BaseException | None = None
     for _ in range(attempts):
         try:
-            return await _snapshot_once(js, stream, filter_subject, batch, fetch_timeout)
-        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as exc:
+            return await _snapshot_once(js, stream, filter_subject, idle_timeout)
+        except (TimeoutError, nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as exc:
             last_exc = exc
             log.warning(
                 "snapshot of %s %s interrupted (%r); restarting", stream, filter_subject, exc
@@ -237,32 +239,43 @@ async def last_per_subject(
 
 
 async def _snapshot_once(
-    js: JetStreamContext, stream: str, filter_subject: str, batch: int, fetch_timeout: float
+    js: JetStreamContext, stream: str, filter_subject: str, idle_timeout: float
 ) -> LastPerSubject:
     start_seq = (await js.stream_info(stream)).state.last_seq
-    cfg = ConsumerConfig(
-        ack_policy=AckPolicy.NONE,
+    latest: dict[str, tuple[int, Msg]] = {}
+    top = 0
+    done = asyncio.Event()
+    progress = asyncio.Event()
+
+    async def on_msg(msg: Msg) -> None:
+        nonlocal top
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        latest[msg.subject] = (seq, msg)
+        top = max(top, seq)
+        progress.set()
+        if not meta.num_pending:
+            done.set()
+
+    sub = await js.subscribe(
+        filter_subject,
+        stream=stream,
+        cb=on_msg,
+        ordered_consumer=True,
         deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        filter_subject=filter_subject,
         inactive_threshold=30.0,
-        mem_storage=True,
     )
-    psub = await js.pull_subscribe(filter_subject, durable=None, stream=stream, config=cfg)
-    consumer_name = cfg.name or ""
     try:
-        pending = (await psub.consumer_info()).num_pending or 0
-        latest: dict[str, Msg] = {}
-        top = 0
-        while pending > 0:
-            for msg in await psub.fetch(min(batch, pending), timeout=fetch_timeout):
-                meta = msg.metadata
-                latest[msg.subject] = msg
-                top = max(top, meta.sequence.stream)
-                pending = meta.num_pending or 0
+        info = await sub.consumer_info()
+        if not info.num_pending and not (info.delivered and info.delivered.consumer_seq):
+            done.set()  # nothing matched when the consumer was created
+        while not done.is_set():
+            progress.clear()  # on_msg sets progress together with done: no lost wake-up
+            await asyncio.wait_for(progress.wait(), idle_timeout)
     finally:
         with contextlib.suppress(Exception):
-            await psub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(stream, consumer_name)
-    ordered = sorted(latest.values(), key=lambda m: m.metadata.sequence.stream)
+            name = (await sub.consumer_info()).name  # the current one, after any reset
+            await sub.unsubscribe()
+            await js.delete_consumer(stream, name)
+    ordered = [msg for _, msg in sorted(latest.values(), key=lambda item: item[0])]
     return LastPerSubject(ordered, max(start_seq, top))

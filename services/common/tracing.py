@@ -67,9 +67,8 @@ def _tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME)
 
 
-@contextmanager
-def producer_span(subject: str, msg_id: str | None = None) -> Iterator[Span]:
-    """A PRODUCER span ``publish <template>`` current while the message is being sent."""
+def start_producer_span(subject: str, msg_id: str | None = None) -> Span:
+    """Start (not activate) a PRODUCER span ``publish <template>``; the caller must end it."""
     attributes: dict[str, Any] = {
         "messaging.system": SYSTEM,
         "messaging.operation.name": "publish",
@@ -80,8 +79,19 @@ def producer_span(subject: str, msg_id: str | None = None) -> Iterator[Span]:
     if msg_id is not None:
         attributes["messaging.message.id"] = msg_id
     name = f"publish {subject_template(subject)}"
-    with _tracer().start_as_current_span(name, kind=SpanKind.PRODUCER, attributes=attributes) as sp:
-        yield sp
+    return _tracer().start_span(name, kind=SpanKind.PRODUCER, attributes=attributes)
+
+
+@contextmanager
+def producer_span(subject: str, msg_id: str | None = None) -> Iterator[Span]:
+    """A PRODUCER span current while the message is being sent (see start_producer_span)."""
+    with trace.use_span(start_producer_span(subject, msg_id), end_on_exit=True) as span:
+        yield span
+
+
+def inject_span(headers: Mapping[str, str] | None, span: Span) -> dict[str, str]:
+    """A copy of ``headers`` carrying ``span`` as the parent for consumers."""
+    return inject(headers, context=trace.set_span_in_context(span))
 
 
 def _stream_metadata(msg: object) -> tuple[str | None, int | None]:
