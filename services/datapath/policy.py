@@ -35,12 +35,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from contracts.v1.networkpolicy import PolicyPeer, PolicyPort
-from services.datapath.fakepolicymaps import policy_allows
 from services.datapath.policy_cidr import CidrAllocator, block_identities, policy_prefixes
 from services.datapath.policy_model import (
     PROTO_NUMBERS,
     ClusterPod,
     LocalEndpoint,
+    NamedPort,
     PolicyIssue,
     PolicyRef,
     RuleRef,
@@ -63,17 +63,22 @@ _FLAG = {"Ingress": EndpointFlags.ENFORCE_INGRESS, "Egress": EndpointFlags.ENFOR
 _DIRECTION = {"Ingress": Direction.INGRESS, "Egress": Direction.EGRESS}
 
 
+# One allow entry of a rule without the endpoint id: (direction, proto, peer, port, prefix len).
+Entry = tuple[Direction, int, int, int, int]
+
+
 @dataclass(frozen=True, slots=True)
-class Grant:
-    """One allow entry and the rule it came from."""
+class RuleEntries:
+    """The allow entries one rule yields for an endpoint, and which part of the rule yields each."""
 
-    key: PolicyKey
-    origin: RuleRef
+    entries: frozenset[Entry]
+    origins: tuple[tuple[Entry, RuleRef], ...]
 
 
-class _Context:
+class Context:
     """What one resolution shares across endpoints: parsed identities, named ports per
-    identity, CIDR identities, and peer selections cached per (policy, rule, peer)."""
+    identity, CIDR identities, peer selections per (policy, rule, peer) and rule entries per
+    (policy, rule) — plus the endpoint's named ports when an ingress rule uses names."""
 
     def __init__(
         self,
@@ -87,6 +92,9 @@ class _Context:
             view, bad = parse_identity(ident, identities[ident])
             issues.extend(PolicyIssue(f"identity {ident}", "labels", msg) for msg in bad)
             self.views.append(view)
+        self.by_namespace: dict[str | None, list[IdentityView]] = {}
+        for view in self.views:
+            self.by_namespace.setdefault(view.namespace, []).append(view)
         self.named: dict[int, dict[tuple[str, str], set[int]]] = {}
         for pod in pods:
             for port in pod.ports:
@@ -95,6 +103,7 @@ class _Context:
                     by_name.setdefault((port.name, port.protocol), set()).add(port.port)
         self.cidr_ids = cidr_ids
         self._peers: dict[tuple[str, Direction, int, int], frozenset[int]] = {}
+        self._rules: dict[tuple[str, Direction, int, tuple[NamedPort, ...]], RuleEntries] = {}
 
     def peer_identities(
         self, policy: PolicyRef, direction: Direction, rule: int, index: int, peer: PolicyPeer
@@ -104,9 +113,31 @@ class _Context:
         if found is None:
             if peer.ip_block is not None:
                 found = block_identities(peer.ip_block, self.cidr_ids)
-            else:
-                found = select_identities(peer, policy.namespace, self.views)
+            else:  # a podSelector-only peer can only select pods of the policy's namespace
+                views = self.views
+                if peer.namespace_selector is None:
+                    views = self.by_namespace.get(policy.namespace, [])
+                found = select_identities(peer, policy.namespace, views)
             self._peers[cache_key] = found
+        return found
+
+    def rule(
+        self,
+        policy: PolicyRef,
+        direction: Direction,
+        index: int,
+        peers: list[PolicyPeer],
+        ports: list[PolicyPort],
+        endpoint: LocalEndpoint,
+    ) -> RuleEntries:
+        named_here = direction is Direction.INGRESS and any(isinstance(p.port, str) for p in ports)
+        own = endpoint.ports if named_here else ()
+        cache_key = (policy.ref, direction, index, own)
+        found = self._rules.get(cache_key)
+        if found is None:
+            origins = tuple(_rule_entries(self, policy, direction, index, peers, ports, own))
+            found = RuleEntries(frozenset(e for e, _ in origins), origins)
+            self._rules[cache_key] = found
         return found
 
 
@@ -119,15 +150,15 @@ def _numeric_ports(port: PolicyPort) -> list[tuple[int, int]]:
     return port_range_prefixes(port.port, port.end_port)
 
 
-def _rule_grants(
-    ctx: _Context,
+def _rule_entries(
+    ctx: Context,
     policy: PolicyRef,
     direction: Direction,
     rule_index: int,
     peers: list[PolicyPeer],
     ports: list[PolicyPort],
-    endpoint: LocalEndpoint,
-) -> Iterator[Grant]:
+    own_ports: tuple[NamedPort, ...],
+) -> Iterator[tuple[Entry, RuleRef]]:
     peer_sets: list[tuple[int | None, frozenset[int] | None]] = [(None, None)]
     if peers:
         peer_sets = [
@@ -137,34 +168,34 @@ def _rule_grants(
     port_specs: list[tuple[int | None, PolicyPort | None]] = [(None, None)]
     if ports:
         port_specs = list(enumerate(ports))
-    eid = endpoint.endpoint_id
     for peer_index, idents in peer_sets:
         targets = sorted(idents) if idents is not None else [ANY_IDENTITY]
         for port_index, port in port_specs:
             origin = RuleRef(policy.ref, direction, rule_index, peer_index, port_index)
             if port is None:
                 for ident in targets:
-                    yield Grant(PolicyKey(eid, direction, ANY_PROTO, ident, 0, 0), origin)
+                    yield (direction, ANY_PROTO, ident, 0, 0), origin
                 continue
             proto = PROTO_NUMBERS[port.protocol]
             if not isinstance(port.port, str):
+                numeric = _numeric_ports(port)
                 for ident in targets:
-                    for number, plen in _numeric_ports(port):
-                        yield Grant(PolicyKey(eid, direction, proto, ident, number, plen), origin)
+                    for number, plen in numeric:
+                        yield (direction, proto, ident, number, plen), origin
                 continue
             name = (port.port, port.protocol)
             if direction is Direction.INGRESS:
-                numbers = {p.port for p in endpoint.ports if (p.name, p.protocol) == name}
+                numbers = {p.port for p in own_ports if (p.name, p.protocol) == name}
                 per_peer = [(ident, numbers) for ident in targets]
             else:
                 candidates = sorted(ctx.named) if idents is None else targets
                 per_peer = [(i, ctx.named.get(i, {}).get(name, set())) for i in candidates]
             for ident, found in per_peer:
                 for number in sorted(found):
-                    yield Grant(PolicyKey(eid, direction, proto, ident, number, 16), origin)
+                    yield (direction, proto, ident, number, 16), origin
 
 
-def _selecting(policies: list[PolicyRef], endpoint: LocalEndpoint) -> list[PolicyRef]:
+def selecting_policies(policies: list[PolicyRef], endpoint: LocalEndpoint) -> list[PolicyRef]:
     labels = dict(endpoint.labels)
     return [
         p
@@ -173,11 +204,11 @@ def _selecting(policies: list[PolicyRef], endpoint: LocalEndpoint) -> list[Polic
     ]
 
 
-def _endpoint_grants(
-    ctx: _Context, selecting: list[PolicyRef], endpoint: LocalEndpoint
-) -> tuple[EndpointFlags, list[Grant]]:
+def endpoint_rules(
+    ctx: Context, selecting: list[PolicyRef], endpoint: LocalEndpoint
+) -> tuple[EndpointFlags, list[RuleEntries]]:
     flags = EndpointFlags.NONE
-    grants: list[Grant] = []
+    rules: list[RuleEntries] = []
     for policy in selecting:
         spec = policy.spec
         for ptype in spec.policy_types:
@@ -185,18 +216,18 @@ def _endpoint_grants(
             direction = _DIRECTION[ptype]
             if direction is Direction.INGRESS:
                 for i, rule in enumerate(spec.ingress):
-                    grants += _rule_grants(
-                        ctx, policy, direction, i, rule.from_peers, rule.ports, endpoint
+                    rules.append(
+                        ctx.rule(policy, direction, i, rule.from_peers, rule.ports, endpoint)
                     )
             else:
                 for i, erule in enumerate(spec.egress):
-                    grants += _rule_grants(
-                        ctx, policy, direction, i, erule.to_peers, erule.ports, endpoint
+                    rules.append(
+                        ctx.rule(policy, direction, i, erule.to_peers, erule.ports, endpoint)
                     )
-    return flags, grants
+    return flags, rules
 
 
-def _unique_policies(policies: Iterable[PolicyRef], issues: list[PolicyIssue]) -> list[PolicyRef]:
+def unique_policies(policies: Iterable[PolicyRef], issues: list[PolicyIssue]) -> list[PolicyRef]:
     out: dict[str, PolicyRef] = {}
     for p in sorted(policies, key=lambda p: (p.namespace, p.name)):
         if p.ref in out:
@@ -263,89 +294,17 @@ def resolve(
     pods of the cluster (the local endpoints' IPs are added to the ipcache too). Problems with the
     input are appended to ``issues`` when given."""
     found: list[PolicyIssue] = [] if issues is None else issues
-    policy_list = _unique_policies(policies, found)
+    policy_list = unique_policies(policies, found)
     endpoints = _unique_endpoints(local_endpoints, found)
     pod_list = list(pods)
     pod_list += [ClusterPod(e.namespace, e.name, e.identity, e.ips, e.ports) for e in endpoints]
     cidr_ids = cidr_alloc.assign(policy_prefixes(p.spec for p in policy_list))
-    ctx = _Context(identities, pod_list, cidr_ids, found)
+    ctx = Context(identities, pod_list, cidr_ids, found)
     state = PolicyState(ipcache=_ipcache(pod_list, cidr_ids, found))
     for ep in endpoints:
-        flags, grants = _endpoint_grants(ctx, _selecting(policy_list, ep), ep)
-        state.endpoints[EndpointKey(ep.ifindex)] = EndpointValue(ep.endpoint_id, ep.identity, flags)
-        state.policy.update(g.key for g in grants)
+        flags, rules = endpoint_rules(ctx, selecting_policies(policy_list, ep), ep)
+        eid = ep.endpoint_id
+        state.endpoints[EndpointKey(ep.ifindex)] = EndpointValue(eid, ep.identity, flags)
+        entries: set[Entry] = set().union(*(r.entries for r in rules))
+        state.policy.update(PolicyKey(eid, *e) for e in entries)
     return state
-
-
-@dataclass(frozen=True, slots=True)
-class Explanation:
-    """Why a flow to/from one endpoint is allowed or not (``weir`` debugging output)."""
-
-    endpoint: str
-    direction: Direction
-    peer_identity: int
-    proto: int
-    port: int
-    selected_by: tuple[str, ...]  # policies selecting the pod (any policyTypes)
-    enforcing: tuple[str, ...]  # those listing this direction in policyTypes
-    allowed: bool
-    allowed_by: tuple[RuleRef, ...]  # rules with a matching entry (empty when default allow)
-
-    def lines(self) -> list[str]:
-        verdict = "ALLOWED" if self.allowed else "DENIED"
-        head = (
-            f"{self.endpoint} {self.direction.name} peer={self.peer_identity}"
-            f" proto={self.proto} port={self.port}: {verdict}"
-        )
-        if not self.enforcing:
-            return [head, "  not isolated in this direction (no policy enforces it)"]
-        out = [head, f"  enforced by: {', '.join(self.enforcing)}"]
-        out += [f"  allowed by {ref}" for ref in self.allowed_by] or ["  no rule matches"]
-        return out
-
-
-def explain(
-    policies: Iterable[PolicyRef],
-    endpoint: LocalEndpoint,
-    identities: Mapping[int, Iterable[str]],
-    pods: Iterable[ClusterPod],
-    cidr_ids: Mapping[str, int],
-    *,
-    direction: Direction,
-    peer_identity: int,
-    proto: int,
-    port: int,
-) -> Explanation:
-    """Which policies select ``endpoint`` and which of their rules allow the flow.
-
-    ``cidr_ids`` is the allocator's current assignment (``CidrAllocator.assignments``), so CIDR
-    identities mean what they mean in the realised maps."""
-    issues: list[PolicyIssue] = []
-    policy_list = _unique_policies(policies, issues)
-    own = ClusterPod(
-        endpoint.namespace, endpoint.name, endpoint.identity, endpoint.ips, endpoint.ports
-    )
-    pod_list = [*pods, own]
-    ctx = _Context(identities, pod_list, cidr_ids, issues)
-    selecting = _selecting(policy_list, endpoint)
-    ptype = "Ingress" if direction is Direction.INGRESS else "Egress"
-    enforcing = tuple(p.ref for p in selecting if ptype in p.spec.policy_types)
-    _, grants = _endpoint_grants(ctx, selecting, endpoint)
-    eid = endpoint.endpoint_id
-    matched = [
-        g.origin
-        for g in grants
-        if policy_allows({g.key}, eid, direction, peer_identity, proto, port)
-    ]
-    allowed_by = sorted(set(matched), key=str)
-    return Explanation(
-        endpoint=endpoint.ref,
-        direction=direction,
-        peer_identity=peer_identity,
-        proto=proto,
-        port=port,
-        selected_by=tuple(p.ref for p in selecting),
-        enforcing=enforcing,
-        allowed=not enforcing or bool(matched),
-        allowed_by=tuple(allowed_by),
-    )

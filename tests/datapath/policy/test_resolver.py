@@ -4,8 +4,9 @@ selector operators, bad input, the CIDR allocator and ``explain``."""
 from __future__ import annotations
 
 from services.datapath.fakepolicymaps import lookup_identity
-from services.datapath.policy import explain, resolve
+from services.datapath.policy import resolve
 from services.datapath.policy_cidr import CidrAllocator
+from services.datapath.policy_explain import explain
 from services.datapath.policy_model import ClusterPod, LocalEndpoint, NamedPort, PolicyIssue
 from services.datapath.policymap import (
     CIDR_IDENTITY_BASE,
