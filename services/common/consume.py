@@ -170,7 +170,7 @@ async def consume(
         while True:
             try:
                 msgs = await psub.fetch(batch, timeout=fetch_timeout)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
                 continue
             except NotFoundError:
                 log.warning("%s/%s: consumer vanished; recreating", stream, durable)
@@ -180,15 +180,22 @@ async def consume(
                 log.warning("%s/%s: fetch failed (%r); retrying", stream, durable, exc)
                 await asyncio.sleep(0.2)
                 continue
-            for msg in msgs:
-                await _handle(
-                    msg,
-                    handler,
-                    labels,
-                    max_deliver=max_deliver,
-                    nak_delay=nak_delay,
-                    max_nak_delay=max_nak_delay,
-                )
+            for i, msg in enumerate(msgs):
+                try:
+                    await _handle(
+                        msg,
+                        handler,
+                        labels,
+                        max_deliver=max_deliver,
+                        nak_delay=nak_delay,
+                        max_nak_delay=max_nak_delay,
+                    )
+                except asyncio.CancelledError:
+                    # Fetched but never handled: hand back now, not after ack_wait.
+                    for rest in msgs[i + 1 :]:
+                        with contextlib.suppress(Exception):
+                            await rest.nak()
+                    raise
     finally:
         with contextlib.suppress(Exception):
             await psub.unsubscribe()

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
+from pydantic import BaseModel
 
 from contracts import subjects as s
 from services.common.bus import (
     Bus,
     Outgoing,
     ProvisionError,
+    PublishError,
     consume,
     last_per_subject,
     provision,
@@ -184,3 +187,91 @@ async def test_last_per_subject_returns_latest_including_tombstones(bus: Bus) ->
     assert msgs == [] and seq == 6
     consumers = await bus.js.consumers_info(s.STREAM_K8S)
     assert consumers == []
+
+
+class _Obj(BaseModel):
+    kind: str
+    name: str
+
+
+async def test_publish_pydantic_model_and_bad_input(bus: Bus) -> None:
+    subject = s.k8s_subject("pod", "ns", "m")
+    ack = await publish(bus.js, subject, _Obj(kind="pod", name="m"), msg_id="model-1")
+    stored = await bus.js.get_msg(s.STREAM_K8S, ack.seq)
+    assert json.loads(stored.data or b"") == {"kind": "pod", "name": "m"}
+    with pytest.raises(TypeError, match=r"publish to weir\.v1\.k8s\.pod\.ns\.m: .*str"):
+        await publish(bus.js, subject, "not bytes", msg_id="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"weir\.v1\.k8s\.pod\.ns\.m: msg_id"):
+        await publish(bus.js, subject, b"x", msg_id="")
+    with pytest.raises(PublishError, match="no-such-stream"):
+        await publish(bus.js, "no-such-stream.x", b"x", msg_id="y", attempts=2)
+
+
+async def test_consume_multiple_filters_and_cancel_hands_back(bus: Bus) -> None:
+    svc = s.k8s_subject("service", "ns", "a")
+    await publish(bus.js, s.k8s_subject("pod", "ns", "skip"), b"skip", msg_id="skip")
+    await publish(bus.js, svc, b"svc", msg_id="svc")
+    await publish(bus.js, s.k8s_subject("node", None, "n1"), b"node", msg_id="node")
+    seen: list[bytes] = []
+    entered = asyncio.Event()
+
+    async def slow(msg: Msg) -> None:
+        seen.append(msg.data)
+        entered.set()
+        await asyncio.sleep(3600)
+
+    kwargs = {
+        "stream": s.STREAM_K8S,
+        "durable": "t-multi",
+        "filter_subjects": [s.k8s_filter("service"), s.k8s_filter("node")],
+        "fetch_timeout": 0.2,
+        "ack_wait": 60.0,
+    }
+    task = asyncio.create_task(consume(bus.js, handler=slow, **kwargs))  # type: ignore[arg-type]
+    await asyncio.wait_for(entered.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == [b"svc"]
+
+    got: list[bytes] = []
+    both = asyncio.Event()
+
+    async def fast(msg: Msg) -> None:
+        got.append(msg.data)
+        if len(got) == 2:
+            both.set()
+
+    task = asyncio.create_task(consume(bus.js, handler=fast, **kwargs))  # type: ignore[arg-type]
+    try:
+        # Well before ack_wait (60 s): the cancelled handler's message was nak'ed at once.
+        await asyncio.wait_for(both.wait(), 10)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert got == [b"svc", b"node"]
+
+
+async def test_last_per_subject_while_publishing(bus: Bus) -> None:
+    subjects = [s.k8s_subject("endpointslice", "ns", f"e{i}") for i in range(50)]
+    await publish_batch(bus.js, [Outgoing(sub, b"0", f"{sub}-0") for sub in subjects], window=50)
+
+    async def churn() -> None:
+        for gen in range(1, 6):
+            await publish_batch(
+                bus.js, [Outgoing(sub, str(gen).encode(), f"{sub}-{gen}") for sub in subjects]
+            )
+
+    writer = asyncio.create_task(churn())
+    snap = await last_per_subject(bus.js, s.STREAM_K8S, s.k8s_filter("endpointslice"))
+    await writer
+    # Consistency: the snapshot equals the stream's per-subject latest as of snap.sequence.
+    expected: dict[str, bytes] = {}
+    for seq in range(1, snap.sequence + 1):
+        raw = await bus.js.get_msg(s.STREAM_K8S, seq)
+        assert raw.subject is not None
+        expected[raw.subject] = raw.data or b""
+    assert {m.subject: m.data for m in snap.messages} == expected
+    seqs = [m.metadata.sequence.stream for m in snap.messages]
+    assert seqs == sorted(seqs) and max(seqs) <= snap.sequence
