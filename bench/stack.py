@@ -177,6 +177,9 @@ class Stack:
     def start_watcher(self) -> None:
         assert self.kubeconfig is not None, "start_apiserver first"
         argv = [*WEIR, "watcher", "--nats", self.nats_url, "--kubeconfig", str(self.kubeconfig)]
+        # One replica: a long lease, so a list of 10k objects that holds the event loop for
+        # seconds on a loaded machine cannot cost the watcher its leadership mid-publish.
+        argv += ["--lease-ttl", "30", "--lease-renew", "2"]
         self._spawn("watcher", [*argv, "--id", f"bench-{self.run_id}"])
 
     def add_worker(self) -> Worker:

@@ -214,14 +214,29 @@ async def bus_to_maps(stack: Stack, js: Any, node: str, args: argparse.Namespace
     _, seq = await stream_state(js)
     await wait_applied(js, [node], seq, args.timeout)
     steps: list[dict[str, Any]] = []
+
+    async def step(rate: float) -> bool:
+        result = await rate_step(js, node, source, rate, args.step_seconds)
+        steps.append(result)
+        print(f"[throughput] bus->maps {rate:>7.0f}/s: published {result['published_per_s']:.0f}/s,"
+              f" backlog max {result['backlog_max']}, drained in {result['drain_s']:.2f}s -> "
+              f"{'sustained' if result['sustained'] else 'NOT sustained'}", flush=True)  # fmt: skip
+        return bool(result["sustained"])
+
+    good, bad = 0.0, 0.0
     for rate in (float(r) for r in args.rates.split(",")):
-        step = await rate_step(js, node, source, rate, args.step_seconds)
-        steps.append(step)
-        print(f"[throughput] bus->maps {rate:>7.0f}/s: published {step['published_per_s']:.0f}/s,"
-              f" backlog max {step['backlog_max']}, drained in {step['drain_s']:.2f}s -> "
-              f"{'sustained' if step['sustained'] else 'NOT sustained'}", flush=True)  # fmt: skip
-        if not step["sustained"]:
+        if not await step(rate):
+            bad = rate
             break
+        good = rate
+    for _ in range(args.bisect if bad else 0):  # narrow down between the last good and bad
+        mid = round((good + bad) / 2, -2)
+        if mid in (good, bad):
+            break
+        if await step(mid):
+            good = mid
+        else:
+            bad = mid
     best = max((s["target_per_s"] for s in steps if s["sustained"]), default=0.0)
     return {"steps": steps, "max_sustained_per_s": best}
 
@@ -341,6 +356,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--services", type=int, default=10000)
     p.add_argument("--rates", default="1000,2000,5000,10000,20000")
     p.add_argument("--step-seconds", type=float, default=5.0)
+    p.add_argument("--bisect", type=int, default=2, help="extra steps between good and bad rate")
     p.add_argument("--drive-seconds", type=float, default=5.0)
     p.add_argument("--writers", type=int, default=16)
     p.add_argument("--allocators", default="1,3")
