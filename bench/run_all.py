@@ -149,7 +149,7 @@ def summary_rows(runs: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, s
 
 
 def print_summary(rows: list[tuple[str, str, str, str]]) -> None:
-    headers = ("benchmark", "measure", "Weir", "kube-proxy (ratio kube-proxy/Weir)")
+    headers = ("benchmark", "measure", "Weir", "kube-proxy (x floor, or kube-proxy/Weir p50 / p99)")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     print(line)
