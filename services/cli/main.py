@@ -13,6 +13,7 @@ import typer
 from services.apiserver.cli import apiserver_command
 from services.datapath.cli import datapath_command
 from services.identity.cli import identity_command
+from services.ops.inspect_cli import bpf_app, identity_app, status_command, svc_app
 from services.ops.replay_cli import replay_command
 from services.ops.trace_cli import trace_command
 from services.sandbox.cli import sandbox_app
@@ -28,11 +29,15 @@ app = typer.Typer(
 
 app.command("apiserver")(apiserver_command)
 app.command("datapath")(datapath_command)
-app.command("identity")(identity_command)
 app.command("replay")(replay_command)
+app.command("status")(status_command)
 app.command("trace")(trace_command)
 app.command("watcher")(watcher_command)
+app.add_typer(bpf_app, name="bpf")
+# `weir identity` runs the allocator; `weir identity list|get` inspects (services/ops).
+app.add_typer(identity_app(identity_command), name="identity")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(svc_app, name="svc")
 
 
 def main() -> None:
