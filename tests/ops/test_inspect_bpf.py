@@ -1,0 +1,177 @@
+"""`weir bpf dump` on real pinned maps: created by the real loader in a unique pin directory.
+
+The maps are created by :class:`SockLB` (compiled and loaded, not attached: dumping must not need
+any cgroup), written through :class:`BpfLBMap` like the worker writes them, and the two LRU maps
+and the per-CPU counters with raw ``bpf(2)`` updates shaped like the C program's. The command then
+reads them in a separate handle, as an operator would.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from services.cli.main import app
+from services.datapath import bpfsys
+from services.datapath.bpflayout import (
+    COUNTERS,
+    MAP_AFFINITY,
+    MAP_COUNTERS,
+    MAP_SK_REVNAT,
+    Ipv4RevnatEntry,
+    Ipv4RevnatTuple,
+    Lb4AffinityKey,
+    Lb4AffinityVal,
+    MapCapacities,
+)
+from services.datapath.bpfmaps import BpfLBMap, possible_cpus
+from services.datapath.lbmap import (
+    PROTO_TCP,
+    BackendState,
+    BackendValue,
+    RevNatValue,
+    ServiceFlags,
+    ServiceKey,
+    ServiceValue,
+)
+from services.datapath.loader import SockLB, remove_pins
+from tests.conftest import unique_name
+
+pytestmark = pytest.mark.bpf
+SMALL = MapCapacities(services=64, backends=32, revnat=16, affinity=16, sk_revnat=16)
+runner = CliRunner()
+
+
+def _ip(text: str) -> int:
+    return int.from_bytes(socket.inet_aton(text), "little")
+
+
+@pytest.fixture(scope="module")
+def pin_base() -> Iterator[Path]:
+    """A node's base pin dir holding v1/ with every map, filled with a small known state."""
+    if os.geteuid() != 0:
+        pytest.fail("bpf dump tests need root (CAP_BPF)")
+    base = Path("/sys/fs/bpf") / unique_name("weir-ops-", max_len=24)
+    try:
+        lb = SockLB(base, SMALL)
+        lb.load()
+        lb.close()
+        with BpfLBMap(base / "v1", SMALL) as maps:
+            fill(maps)
+        yield base
+    finally:
+        if base.exists():
+            for version in base.iterdir():
+                remove_pins(version)
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def fill(maps: BpfLBMap) -> None:
+    vip = "10.96.0.10"
+    maps.update_backends(
+        {
+            1: BackendValue("10.244.1.5", 8080, PROTO_TCP),
+            2: BackendValue("10.244.2.7", 8080, PROTO_TCP, BackendState.TERMINATING),
+        }
+    )
+    maps.update_services(
+        {
+            ServiceKey(vip, 80, PROTO_TCP, 1): ServiceValue(backend_id=1, rev_nat_id=7),
+            ServiceKey(vip, 80, PROTO_TCP, 2): ServiceValue(backend_id=2, rev_nat_id=7),
+        }
+    )
+    maps.update_revnat({7: RevNatValue(vip, 80)})
+    flags = ServiceFlags.SESSION_AFFINITY
+    master = ServiceValue(count=2, rev_nat_id=7, flags=flags, affinity_timeout=600)
+    maps.update_services({ServiceKey(vip, 80, PROTO_TCP, 0): master})
+    aff = maps.maps[MAP_AFFINITY].fd
+    akey = Lb4AffinityKey(client_cookie=4242, rev_nat_id=7)
+    bpfsys.map_update(aff, akey, Lb4AffinityVal(last_used=123456789, backend_id=2, slot=2))
+    skr = maps.maps[MAP_SK_REVNAT].fd
+    rkey = Ipv4RevnatTuple(cookie=99, address=_ip("10.244.1.5"), port=socket.htons(8080))
+    rval = Ipv4RevnatEntry(address=_ip(vip), port=socket.htons(80), rev_nat_index=7)
+    bpfsys.map_update(skr, rkey, rval)
+    ncpu = possible_cpus()
+    per_cpu = (ctypes.c_uint64 * ncpu)(*([3] + [1] * (ncpu - 1)))  # translated: 3 + (ncpu-1)
+    bpfsys.map_update(maps.maps[MAP_COUNTERS].fd, ctypes.c_uint32(0), per_cpu)
+
+
+def dump(*args: str) -> dict[str, object]:
+    result = runner.invoke(app, ["bpf", "dump", *args, "-o", "json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)  # type: ignore[no-any-return]
+
+
+def test_services_slots_resolve_to_backends(pin_base: Path) -> None:
+    doc = dump("services", "--node", "n1", "--pin-dir", str(pin_base))
+    assert doc["pin_dir"] == str(pin_base / "v1") and doc["capacity"] == 64
+    rows = doc["entries"]
+    assert isinstance(rows, list)
+    assert [(r["frontend"], r["slot"]) for r in rows] == [
+        ("10.96.0.10:80/TCP", i) for i in range(3)
+    ]
+    assert rows[0]["count"] == 2 and rows[0]["flags"] == ["SESSION_AFFINITY"]
+    assert rows[0]["affinity_timeout"] == 600
+    assert [r.get("backend") for r in rows[1:]] == ["10.244.1.5:8080", "10.244.2.7:8080"]
+    # the versioned directory itself is accepted too
+    again = dump("services", "--node", "n1", "--pin-dir", str(pin_base / "v1"))
+    assert again["entries"] == rows
+
+
+def test_backends_revnat_and_lru_maps(pin_base: Path) -> None:
+    base = ["--node", "n1", "--pin-dir", str(pin_base)]
+    backends = dump("backends", *base)["entries"]
+    assert backends == [
+        {"id": 1, "address": "10.244.1.5:8080", "proto": "TCP", "state": "ACTIVE"},
+        {"id": 2, "address": "10.244.2.7:8080", "proto": "TCP", "state": "TERMINATING"},
+    ]
+    assert dump("revnat", *base)["entries"] == [{"id": 7, "frontend": "10.96.0.10:80"}]
+    assert dump("affinity", *base)["entries"] == [
+        {
+            "client_cookie": 4242,
+            "rev_nat_id": 7,
+            "backend_id": 2,
+            "slot": 2,
+            "last_used_ns": 123456789,
+        }
+    ]
+    assert dump("sk_revnat", *base)["entries"] == [
+        {
+            "socket_cookie": 99,
+            "backend": "10.244.1.5:8080",
+            "frontend": "10.96.0.10:80",
+            "rev_nat_id": 7,
+        }
+    ]
+    counters = {r["counter"]: r["value"] for r in dump("counters", *base)["entries"]}  # type: ignore[union-attr, index]
+    assert list(counters) == list(COUNTERS)
+    assert counters["translated"] == 3 + possible_cpus() - 1
+    assert counters["refused"] == 0
+
+
+def test_table_output(pin_base: Path) -> None:
+    result = runner.invoke(
+        app, ["bpf", "dump", "backends", "--node", "n1", "--pin-dir", str(pin_base)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "backends on n1 (2/32" in result.output
+    assert "10.244.2.7:8080" in result.output and "TERMINATING" in result.output
+
+
+def test_missing_pins_and_bad_map_name(tmp_path: Path) -> None:
+    missing = runner.invoke(
+        app, ["bpf", "dump", "services", "--node", "n9", "--pin-dir", str(tmp_path)]
+    )
+    assert missing.exit_code == 1
+    assert f"node n9: cannot open the pinned maps under {tmp_path}/v1" in missing.output
+    assert "weir datapath --node n9" in missing.output
+    bad = runner.invoke(app, ["bpf", "dump", "nope", "--node", "n1", "--pin-dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "MAP 'nope': expected one of services" in bad.output
