@@ -37,6 +37,22 @@ def datapath_command(
             help="bpffs directory for pinned maps/links; empty: /sys/fs/bpf/weir/<node>.",
         ),
     ] = "",
+    netns: Annotated[
+        str,
+        typer.Option(
+            "--netns",
+            envvar="WEIR_NETNS",
+            help="Network namespace (name or path) of the pods' host-side veths; empty: ours.",
+        ),
+    ] = "",
+    policy: Annotated[
+        bool,
+        typer.Option(
+            "--policy/--no-policy",
+            envvar="WEIR_POLICY",
+            help="Enforce NetworkPolicy (tc programs on pod veths) and publish flows.",
+        ),
+    ] = True,
     metrics_listen: Annotated[
         str,
         typer.Option(
@@ -58,7 +74,7 @@ def datapath_command(
         str, typer.Option("--log-format", envvar="WEIR_LOG_FORMAT", help="text or json.")
     ] = "text",
 ) -> None:
-    """Program this node's eBPF service maps from the bus (bootstrap, then follow changes)."""
+    """Program this node's eBPF service and policy maps from the bus; publish its flows."""
     from pydantic import ValidationError  # noqa: PLC0415
 
     from services.common.logging import setup_logging  # noqa: PLC0415
@@ -71,6 +87,8 @@ def datapath_command(
             nats_url=nats,
             cgroup=cgroup,
             pin_dir=pin_dir,
+            netns=netns,
+            policy=policy,
             metrics_listen=metrics_listen,
             maps=maps,
             log_level=log_level,

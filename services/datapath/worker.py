@@ -52,7 +52,9 @@ from services.common.settings import WeirSettings
 from services.datapath import metrics as m
 from services.datapath.frontend import Frontend
 from services.datapath.lbmap import LBMap
+from services.datapath.loader import default_pin_dir
 from services.datapath.model import DesiredState
+from services.datapath.policyworker import PolicySidecar
 from services.datapath.reconcile import ApplyResult, Reconciler
 from services.datapath.writecount import WriteCounter
 
@@ -66,6 +68,8 @@ class DatapathSettings(WeirSettings):
     cgroup: str = ""
     pin_dir: str = ""  # empty: the loader's default (/sys/fs/bpf/weir/<node>)
     maps: Literal["bpf", "fake"] = "bpf"
+    netns: str = ""  # the node's netns (pods' host-side veths) for the policy loop; "": ours
+    policy: bool = True  # run the NetworkPolicy loop and publish flows (policyworker)
     batch: int = 512
     fetch_timeout: float = 0.5
     retry_interval: float = 1.0
@@ -104,6 +108,7 @@ class DatapathWorker:
         self.applied_seq = 0
         self.errors: list[str] = []
         self._seen: dict[str, int] = {}  # subject -> newest stream sequence absorbed
+        self.status_hooks: list[Callable[[NodeStatus], None]] = []  # e.g. the policy loop's
 
     def ready(self) -> bool | str:
         return True if self.synced else "bootstrap from the bus not complete"
@@ -280,7 +285,7 @@ class DatapathWorker:
 
     def status(self) -> NodeStatus:
         fill = self.lbmap.fill()
-        return NodeStatus(
+        status = NodeStatus(
             node=self.node,
             applied={STREAM_K8S: self.applied_seq},
             maps={k: MapFill(entries=e, capacity=c) for k, (e, c) in fill.items()},
@@ -288,6 +293,9 @@ class DatapathWorker:
             errors=self.errors[:100],
             time=datetime.now(UTC),
         )
+        for hook in self.status_hooks:
+            hook(status)
+        return status
 
     async def publish_status(self) -> None:
         m.APPLIED_SEQUENCE.set(self.applied_seq)
@@ -358,6 +366,7 @@ async def run_datapath(settings: DatapathSettings, *, lbmap: LBMap | None = None
     """Run one node's worker until cancelled. ``lbmap`` overrides the maps (tests pass a fake
     that outlives the worker, like pinned maps outlive a process)."""
     close: Callable[[], None] = lambda: None  # noqa: E731
+    owned = lbmap is None  # tests passing their own maps run the LB loop alone
     versions: dict[str, str] = {}
     if lbmap is None:
         lbmap, close, versions = open_maps(settings)
@@ -367,8 +376,17 @@ async def run_datapath(settings: DatapathSettings, *, lbmap: LBMap | None = None
         bus = await connect_bus(settings.nats_url, f"datapath-{settings.node_name}")
         await provision(bus.js)
         worker = DatapathWorker(settings, bus, lbmap, versions)
-        ops = await start_ops_server(settings.metrics_listen, ready=worker.ready)
-        await worker.run()
+        policy = PolicySidecar(
+            bus,
+            worker,
+            node=settings.node_name,
+            maps_kind=settings.maps,
+            pin_dir=Path(settings.pin_dir) if settings.pin_dir else default_pin_dir(worker.node),
+            netns=settings.netns,
+            enabled=settings.policy and owned,
+        )
+        ops = await start_ops_server(settings.metrics_listen, ready=policy.ready(worker.ready))
+        await policy.run_with(worker.run())  # the policy loop runs beside the LB loop
     finally:
         if ops is not None:
             await ops.close()

@@ -225,6 +225,7 @@ class Supervisor:
             argv = [*WEIR, "datapath", "--node", node, *common, "--metrics-listen", listen]
             argv += ["--cgroup", str(sb.node_cgroup(node)), "--pin-dir", str(sb.node_pin_dir(node))]
             argv += ["--maps", cfg.datapath_maps]
+            argv += ["--netns", sb.plan.node(node).netns]  # where the pods' veths are
             self._child(f"datapath-{node}", argv, url)
         await self._start_controllers(kubeconfig)
 
