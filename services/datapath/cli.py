@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from typing import Annotated
 
@@ -114,7 +115,18 @@ async def _serve(settings: object) -> None:
     assert isinstance(settings, DatapathSettings)
     task = asyncio.create_task(run_datapath(settings))
     loop = asyncio.get_running_loop()
+    owner = os.getpid()
+
+    # Not loop.add_signal_handler: its wakeup fd is inherited by the netns helpers pyroute2
+    # forks (tc attach in the node's netns), and a signal sent to a helper would stop us.
+    def handler(signum: int, _frame: object) -> None:
+        if os.getpid() != owner:  # a forked copy: die of the signal as it would by default
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        loop.call_soon_threadsafe(task.cancel)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+        signal.signal(sig, handler)
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -603,7 +603,10 @@ class PolicySidecar:
         try:
             done, _ = await asyncio.wait((lb, policy), return_when=asyncio.FIRST_COMPLETED)
             for task in done:
+                if task.cancelled():  # nobody cancels them but our caller: say it loudly
+                    raise RuntimeError(f"{task.get_name()}: the loop was cancelled")
                 task.result()
+                raise RuntimeError(f"{task.get_name()}: the loop ended")
         finally:
             for task in (lb, policy):
                 task.cancel()
