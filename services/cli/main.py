@@ -14,6 +14,7 @@ from services.apiserver.cli import apiserver_command
 from services.datapath.cli import datapath_command
 from services.identity.cli import identity_command
 from services.ops.inspect_cli import bpf_app, identity_app, status_command, svc_app
+from services.ops.observe_cli import observe_command
 from services.ops.replay_cli import replay_command
 from services.ops.trace_cli import trace_command
 from services.sandbox.cli import sandbox_app
@@ -29,6 +30,7 @@ app = typer.Typer(
 
 app.command("apiserver")(apiserver_command)
 app.command("datapath")(datapath_command)
+app.command("observe")(observe_command)
 app.command("replay")(replay_command)
 app.command("status")(status_command)
 app.command("trace")(trace_command)
