@@ -4,7 +4,7 @@ Plots are drawn only from result files a benchmark wrote, never from numbers typ
 plot in the docs is always a picture of a run. A missing result file skips its plot with a note.
 
 * ``datapath_latency.png``: connect() latency p50 (solid) and p99 (dashed) against the number of
-  Services (log x) for the direct floor, kube-proxy-shaped iptables and Weir;
+  Services (log-log) for the direct floor, kube-proxy-shaped iptables and Weir;
 * ``programming_cdf.png``: the distribution (CDF, log x) of network-programming latency per node
   count, with kube-proxy's full iptables-restore of the same ruleset as the anchor.
 
@@ -57,6 +57,7 @@ def datapath_plot(data: dict[str, Any], out: Path) -> Path:
         ax.plot(sizes, [r[c]["p99_us"] for r in rows], "x--", color=COLORS[c], alpha=0.6,
                 label=f"{LABELS[c]} p99")  # fmt: skip
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("Services")
     ax.set_ylabel("connect() latency (µs)")
     ax.set_title("connect() to a ClusterIP vs number of Services")
