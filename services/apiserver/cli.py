@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from services.common.cliopts import LogFormat
+
 
 def apiserver_command(
     listen: Annotated[
@@ -54,9 +56,7 @@ def apiserver_command(
     log_level: Annotated[
         str, typer.Option(envvar="WEIR_LOG_LEVEL", help="Logging level (DEBUG logs requests).")
     ] = "INFO",
-    log_format: Annotated[
-        str, typer.Option(envvar="WEIR_LOG_FORMAT", help="text or json.")
-    ] = "text",
+    log_format: LogFormat = "text",
 ) -> None:
     """Run the Kubernetes API stand-in (core/v1, discovery.k8s.io/v1, networking.k8s.io/v1)."""
     from services.apiserver.manifests import ManifestError  # noqa: PLC0415

@@ -15,18 +15,18 @@ from typing import Annotated
 
 import typer
 
+from services.common.cliopts import (
+    DEFAULT_NATS_URL,
+    LogFormat,
+    LogLevel,
+    MetricsListen,
+    NatsUrl,
+)
+
 
 def identity_command(
-    nats: Annotated[
-        str, typer.Option("--nats", envvar="WEIR_NATS_URL", help="NATS URL(s), comma-separated.")
-    ] = "nats://127.0.0.1:4222",
-    metrics_listen: Annotated[
-        str,
-        typer.Option(
-            envvar="WEIR_METRICS_LISTEN",
-            help="HOST:PORT for /metrics /healthz /readyz; empty: off.",
-        ),
-    ] = "",
+    nats: NatsUrl = DEFAULT_NATS_URL,
+    metrics_listen: MetricsListen = "",
     instance: Annotated[
         str,
         typer.Option(
@@ -55,12 +55,8 @@ def identity_command(
             help="Cilium-style label pattern [source:][!]regex (repeatable; ! excludes).",
         ),
     ] = None,
-    log_level: Annotated[
-        str, typer.Option(envvar="WEIR_LOG_LEVEL", help="Logging level.")
-    ] = "INFO",
-    log_format: Annotated[
-        str, typer.Option(envvar="WEIR_LOG_FORMAT", help="text or json.")
-    ] = "text",
+    log_level: LogLevel = "INFO",
+    log_format: LogFormat = "text",
 ) -> None:
     """Allocate numeric security identities for pods; publish Identity and IPCache events."""
     from pydantic import ValidationError  # noqa: PLC0415

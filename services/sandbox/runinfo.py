@@ -47,6 +47,8 @@ class NodeRow:
     pod_cidr: str
     worker: str  # name of its datapath process in ``processes``
     ready: bool = False
+    pin_dir: str = ""  # the node's bpffs directory (its datapath's --pin-dir)
+    netns: str = ""  # the node's network namespace
 
 
 @dataclass

@@ -142,7 +142,14 @@ class Supervisor:
         hostfs.make_dir(sb.cgroup_root, control)
         for node in sb.plan.nodes:
             self.status.nodes.append(
-                NodeRow(node.name, str(node.node_ip), str(node.pod_cidr), f"datapath-{node.name}")
+                NodeRow(
+                    node.name,
+                    str(node.node_ip),
+                    str(node.pod_cidr),
+                    f"datapath-{node.name}",
+                    pin_dir=str(sb.node_pin_dir(node.name)),
+                    netns=node.netns,
+                )
             )
         return sb
 

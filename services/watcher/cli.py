@@ -15,22 +15,22 @@ from typing import Annotated
 
 import typer
 
+from services.common.cliopts import (
+    DEFAULT_NATS_URL,
+    LogFormat,
+    LogLevel,
+    MetricsListen,
+    NatsUrl,
+)
+
 
 def watcher_command(
-    nats: Annotated[
-        str, typer.Option("--nats", envvar="WEIR_NATS_URL", help="NATS URL(s), comma-separated.")
-    ] = "nats://127.0.0.1:4222",
+    nats: NatsUrl = DEFAULT_NATS_URL,
     kubeconfig: Annotated[
         str,
         typer.Option(envvar="WEIR_KUBECONFIG", help="kubeconfig path; empty: in-cluster config."),
     ] = "",
-    metrics_listen: Annotated[
-        str,
-        typer.Option(
-            envvar="WEIR_METRICS_LISTEN",
-            help="HOST:PORT for /metrics /healthz /readyz; empty: off.",
-        ),
-    ] = "",
+    metrics_listen: MetricsListen = "",
     id: Annotated[
         str,
         typer.Option(envvar="WEIR_ID", help="This watcher's name in the leader lease (host-pid)."),
@@ -50,12 +50,8 @@ def watcher_command(
     lease_renew: Annotated[
         float, typer.Option(envvar="WEIR_LEASE_RENEW", help="Leader lease renew period, seconds.")
     ] = 1.0,
-    log_level: Annotated[
-        str, typer.Option(envvar="WEIR_LOG_LEVEL", help="Logging level.")
-    ] = "INFO",
-    log_format: Annotated[
-        str, typer.Option(envvar="WEIR_LOG_FORMAT", help="text or json.")
-    ] = "text",
+    log_level: LogLevel = "INFO",
+    log_format: LogFormat = "text",
 ) -> None:
     """Publish Kubernetes objects to the bus (list+watch; one leader among replicas)."""
     from pydantic import ValidationError  # noqa: PLC0415
