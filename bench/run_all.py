@@ -3,9 +3,10 @@
 Each benchmark runs as its own process (``python -m bench.<name>``), so one that fails or leaks
 memory cannot distort the next, and its own table still prints as it goes; this module reads the
 JSON each one wrote. Default sizes are the issue's (10k Services for programming latency and
-throughput, up to 100k for the datapath) with fewer rounds, so the whole run fits in about 15
-minutes on the 2-core machine; ``--quick`` shrinks everything for a smoke test of the harness.
-A benchmark that fails is reported in the table as failed; the others still run.
+throughput, up to 100k for the datapath) with fewer rounds, so the whole run stays well under 15
+minutes on the 2-core machine (6.5 min measured); ``--quick`` shrinks everything for a smoke
+test of the harness. A benchmark that fails is reported in the table as failed; the others
+still run.
 
 Run: ``.venv/bin/python -m bench.run_all [--quick] [--only programming,throughput]``.
 """
