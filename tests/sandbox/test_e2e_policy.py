@@ -161,9 +161,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     listeners: list[subprocess.Popen[str]] = []
     e: Env | None = None
     try:
+        argv = [*WEIR, "sandbox", "up", "--nodes", "2", "--id", sid, "--state-root", str(root)]
+        argv += ["--timeout", "90", "-f", str(POLICIES / "00-namespaces.yaml"), "-f", str(pods)]
         up = subprocess.run(
-            [*WEIR, "sandbox", "up", "--nodes", "2", "--id", sid, "--state-root", str(root)]
-            + ["--timeout", "90", "-f", str(POLICIES / "00-namespaces.yaml"), "-f", str(pods)],
+            argv,
             capture_output=True,
             text=True,
             timeout=150,
@@ -178,9 +179,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             meta = item["metadata"]
             e.ips[f"{meta['namespace']}/{meta['name']}"] = item["status"]["podIP"]
         for node, ip in (("node1", "172.31.0.1"), ("node2", "172.31.0.3")):
+            serve = [sys.executable, "-c", LISTENER, node]
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", e.netns(f"node-{node}"), sys.executable, "-c", LISTENER]
-                + [node],
+                ["ip", "netns", "exec", e.netns(f"node-{node}"), *serve],
                 stdout=subprocess.PIPE,
                 text=True,
             )
