@@ -211,7 +211,7 @@ async def identity_of(env: Env, pod: str) -> int:
     nc = await nats.connect(env.status.nats_url)
     try:
         msg = await nc.jetstream().get_last_msg(STREAM_IDENTITY, ipcache_subject(env.ips[pod]))
-        entry = IPCacheEntry.model_validate_json(msg.data)
+        entry = IPCacheEntry.model_validate_json(msg.data or b"")
         assert entry.identity is not None
         return entry.identity
     finally:
