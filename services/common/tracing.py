@@ -63,8 +63,17 @@ def extract(headers: Mapping[str, str] | None) -> Context:
     return propagate.extract(dict(headers or {}))
 
 
+_TRACER: trace.Tracer | None = None
+
+
 def _tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    # get_tracer() builds a new tracer (and its instrumentation scope) on every call: a
+    # measurable cost per message. The API returns a proxy until setup_tracing() installs the
+    # SDK provider and the proxy then forwards to it, so caching it here is safe.
+    global _TRACER  # noqa: PLW0603
+    if _TRACER is None:
+        _TRACER = trace.get_tracer(TRACER_NAME)
+    return _TRACER
 
 
 def start_producer_span(subject: str, msg_id: str | None = None) -> Span:

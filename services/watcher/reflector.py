@@ -42,6 +42,10 @@ from services.watcher.state import (
 log = logging.getLogger(__name__)
 
 
+# objects normalised between two yields to the event loop during a relist
+RELIST_YIELD_EVERY = 200
+
+
 class SinkError(RuntimeError):
     """Publishing stopped part-way; ``done`` are the actions the bus did accept."""
 
@@ -110,7 +114,13 @@ class Reflector:
     async def relist(self, reason: str) -> None:
         metrics.RELISTS.labels(self.kind, reason).inc()
         listing = await self._source.list(self.kind)
-        observations = [self._normalise(self.kind, item) for item in listing.items]
+        observations = []
+        for i, item in enumerate(listing.items):
+            observations.append(self._normalise(self.kind, item))
+            if i % RELIST_YIELD_EVERY == RELIST_YIELD_EVERY - 1:
+                # Normalising tens of thousands of objects takes seconds of CPU; yield so the
+                # leader lease keeps renewing and the other kinds' watches keep flowing.
+                await asyncio.sleep(0)
         await self._apply(decide_relist(self._index, self.kind, observations))
         self.resource_version = listing.resource_version
         self.synced.set()
