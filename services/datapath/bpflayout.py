@@ -12,8 +12,10 @@ from __future__ import annotations
 import ctypes
 import functools
 import socket
+import struct
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from services.datapath.bpfsys import (
     BPF_F_NO_PREALLOC,
@@ -259,10 +261,13 @@ def encode_backend_id(backend_id: int) -> ctypes.c_uint32:
     return ctypes.c_uint32(_uint(MAP_BACKENDS, backend_id, "id", backend_id, 32))
 
 
+_STATE_VALUES = frozenset(int(state) for state in BackendState)
+
+
 def encode_backend(backend_id: int, value: BackendValue) -> Lb4Backend:
     m = MAP_BACKENDS
     state = value.state
-    if not isinstance(state, int) or state not in BackendState.__members__.values():
+    if not isinstance(state, int) or state not in _STATE_VALUES:
         raise EntryError(m, backend_id, "state", f"{state!r} is not a BackendState")
     return Lb4Backend(
         address=_ip(m, backend_id, "ip", value.ip),
@@ -298,3 +303,130 @@ def encode_revnat(rev_nat_id: int, value: RevNatValue) -> Lb4ReverseNat:
 
 def decode_revnat(raw: Lb4ReverseNat) -> RevNatValue:
     return RevNatValue(_ip_str(raw.address), socket.ntohs(raw.port))
+
+
+# --- packed batches -----------------------------------------------------------------------------
+# The batch syscalls take arrays of keys and values. Building one ctypes Structure per entry costs
+# microseconds (keyword construction, then a copy into the array); packing every entry straight
+# into one bytearray with a precompiled struct costs a fraction of that, which is what lets a cold
+# node write 200,000 entries in well under a second. The formats mirror the Structures above
+# (checked below at import). Anything the fast path cannot pack (a bad IP, a value out of range,
+# a wrong type) is re-encoded entry by entry with the checked encoders, which raise the
+# EntryError naming the map, the entry and the field.
+
+_KEY = struct.Struct("<IHHB3x")  # Lb4Key
+_SERVICE = struct.Struct("<IIHBxI")  # Lb4Service
+_BACKEND = struct.Struct("<IHBB")  # Lb4Backend
+_REVNAT = struct.Struct("<IH2x")  # Lb4ReverseNat
+_U32 = struct.Struct("<I")
+for _fmt, _ctype in ((_KEY, Lb4Key), (_SERVICE, Lb4Service), (_BACKEND, Lb4Backend),
+                     (_REVNAT, Lb4ReverseNat), (_U32, ctypes.c_uint32)):  # fmt: skip
+    assert _fmt.size == ctypes.sizeof(_ctype), (_fmt.format, _ctype)
+_PACK_ERRORS = (struct.error, OSError, OverflowError, TypeError, ValueError, AttributeError)
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """``count`` keys and values laid out as the kernel's arrays (what the batch calls take)."""
+
+    keys: bytearray
+    values: bytearray
+    count: int
+
+
+def _recheck(items: Iterable[tuple[K, V]], check: Callable[[K, V], object]) -> None:
+    """Run the checked encoder over every entry: raises the precise EntryError."""
+    for key, value in items:
+        check(key, value)
+
+
+def _check_service(key: ServiceKey, value: ServiceValue) -> None:
+    encode_service_key(key)
+    encode_service_value(key, value)
+
+
+def _check_backend(backend_id: int, value: BackendValue) -> None:
+    encode_backend_id(backend_id)
+    encode_backend(backend_id, value)
+
+
+def _check_revnat(rev_nat_id: int, value: RevNatValue) -> None:
+    encode_revnat_id(rev_nat_id)
+    encode_revnat(rev_nat_id, value)
+
+
+def pack_services(items: Mapping[ServiceKey, ServiceValue]) -> Packed:
+    n = len(items)
+    keys, values = bytearray(n * _KEY.size), bytearray(n * _SERVICE.size)
+    kp, vp, ip, htons = _KEY.pack_into, _SERVICE.pack_into, _ip_raw, socket.htons
+    ks, vs = _KEY.size, _SERVICE.size
+    try:
+        for i, (k, v) in enumerate(items.items()):
+            kp(keys, i * ks, ip(k.vip), htons(k.port), k.slot, k.proto)
+            vp(values, i * vs, v.backend_id, v.rev_nat_id, v.count, v.flags, v.affinity_timeout)
+    except _PACK_ERRORS:
+        _recheck(items.items(), _check_service)
+        raise
+    return Packed(keys, values, n)
+
+
+def pack_service_keys(keys: Iterable[ServiceKey]) -> Packed:
+    todo = list(keys)
+    out = bytearray(len(todo) * _KEY.size)
+    kp, ip, htons, ks = _KEY.pack_into, _ip_raw, socket.htons, _KEY.size
+    try:
+        for i, k in enumerate(todo):
+            kp(out, i * ks, ip(k.vip), htons(k.port), k.slot, k.proto)
+    except _PACK_ERRORS:
+        for k in todo:
+            encode_service_key(k)
+        raise
+    return Packed(out, bytearray(), len(todo))
+
+
+def pack_backends(items: Mapping[int, BackendValue]) -> Packed:
+    n = len(items)
+    keys, values = bytearray(n * 4), bytearray(n * _BACKEND.size)
+    kp, vp, ip, htons, vs = _U32.pack_into, _BACKEND.pack_into, _ip_raw, socket.htons, _BACKEND.size
+    states = _STATE_VALUES
+    try:
+        for i, (bid, b) in enumerate(items.items()):
+            if b.state not in states or type(bid) is not int:
+                raise ValueError(bid)
+            kp(keys, i * 4, bid)
+            vp(values, i * vs, ip(b.ip), htons(b.port), b.proto, b.state)
+    except _PACK_ERRORS:
+        _recheck(items.items(), _check_backend)
+        raise
+    return Packed(keys, values, n)
+
+
+def pack_revnat(items: Mapping[int, RevNatValue]) -> Packed:
+    n = len(items)
+    keys, values = bytearray(n * 4), bytearray(n * _REVNAT.size)
+    kp, vp, ip, htons, vs = _U32.pack_into, _REVNAT.pack_into, _ip_raw, socket.htons, _REVNAT.size
+    try:
+        for i, (rid, r) in enumerate(items.items()):
+            kp(keys, i * 4, rid)
+            vp(values, i * vs, ip(r.vip), htons(r.port))
+    except _PACK_ERRORS:
+        _recheck(items.items(), _check_revnat)
+        raise
+    return Packed(keys, values, n)
+
+
+def pack_ids(ids: Iterable[int], map_name: str) -> Packed:
+    todo = list(ids)
+    out = bytearray(len(todo) * 4)
+    try:
+        for i, ident in enumerate(todo):
+            if type(ident) is not int:
+                raise TypeError(ident)
+            _U32.pack_into(out, i * 4, ident)
+    except _PACK_ERRORS:
+        for ident in todo:
+            _uint(map_name, ident, "id", ident, 32)
+        raise
+    return Packed(out, bytearray(), len(todo))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,17 +27,17 @@ from services.datapath.bpflayout import (
     MAP_SERVICES,
     MapCapacities,
     MapSpec,
+    Packed,
     decode_backend,
     decode_revnat,
     decode_service_key,
     decode_service_value,
-    encode_backend,
-    encode_backend_id,
-    encode_revnat,
-    encode_revnat_id,
-    encode_service_key,
-    encode_service_value,
     map_specs,
+    pack_backends,
+    pack_ids,
+    pack_revnat,
+    pack_service_keys,
+    pack_services,
 )
 from services.datapath.lbmap import (
     BackendValue,
@@ -90,46 +90,47 @@ class PinnedMap:
         what = f"map full ({self.max_entries} entries)" if kind is MapFullError else exc.strerror
         return kind(self.spec.name, f"writing {entry!r}: {what}")
 
-    def update(self, entries: Sequence[tuple[Any, Any]], labels: Sequence[object]) -> None:
-        """Write (ctypes key, ctypes value) pairs; ``labels`` name them in errors."""
-        for start in range(0, len(entries), CHUNK):
-            part = entries[start : start + CHUNK]
+    def update_packed(self, packed: Packed, labels: Sequence[object]) -> None:
+        """Write packed (key, value) arrays: one batch syscall per CHUNK entries."""
+        ks, vs = ctypes.sizeof(self.spec.key), ctypes.sizeof(self.spec.value)
+        kbuf, vbuf = _view(packed.keys), _view(packed.values)
+        for start in range(0, packed.count, CHUNK):
+            n = min(CHUNK, packed.count - start)
             if self.batch:
-                keys = (self.spec.key * len(part))(*(k for k, _ in part))
-                values = (self.spec.value * len(part))(*(v for _, v in part))
                 try:
-                    bpfsys.map_update_batch(self.fd, keys, values, len(part))
+                    bpfsys.map_update_batch_at(self.fd, kbuf + start * ks, vbuf + start * vs, n)
                     continue
                 except OSError as exc:
                     if exc.errno not in _NO_BATCH:
                         raise self._fail(exc, labels[start + exc.done]) from exc  # type: ignore[attr-defined]
                     self.batch = False
-            for i, (key, value) in enumerate(part):
+            for i in range(start, start + n):
                 try:
-                    bpfsys.map_update(self.fd, key, value)
+                    bpfsys.map_update_at(self.fd, kbuf + i * ks, vbuf + i * vs)
                 except OSError as exc:
-                    raise self._fail(exc, labels[start + i]) from exc
+                    raise self._fail(exc, labels[i]) from exc
 
-    def delete(self, keys: Sequence[Any], labels: Sequence[object]) -> None:
-        """Delete keys; absent keys are skipped (deleting what is absent is not an error)."""
-        pending = list(range(len(keys)))
-        while pending and self.batch:
-            part = pending[:CHUNK]
-            arr = (self.spec.key * len(part))(*(keys[i] for i in part))
+    def delete_packed(self, packed: Packed, labels: Sequence[object]) -> None:
+        """Delete packed keys; absent keys are skipped (deleting what is absent is no error)."""
+        ks = ctypes.sizeof(self.spec.key)
+        kbuf = _view(packed.keys)
+        pos = 0
+        while pos < packed.count and self.batch:
+            n = min(CHUNK, packed.count - pos)
             try:
-                bpfsys.map_delete_batch(self.fd, arr, len(part))
-                pending = pending[len(part) :]
+                bpfsys.map_delete_batch_at(self.fd, kbuf + pos * ks, n)
+                pos += n
             except OSError as exc:
                 done = exc.done  # type: ignore[attr-defined]
                 if exc.errno == errno.ENOENT:
-                    pending = pending[done + 1 :]  # skip the absent key, go on after it
+                    pos += done + 1  # skip the absent key, go on after it
                 elif exc.errno in _NO_BATCH and done == 0:
                     self.batch = False
                 else:
-                    raise self._fail(exc, labels[part[done]]) from exc
-        for i in pending:
+                    raise self._fail(exc, labels[pos + done]) from exc
+        for i in range(pos, packed.count):
             try:
-                bpfsys.map_delete(self.fd, keys[i])
+                bpfsys.map_delete_at(self.fd, kbuf + i * ks)
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     raise self._fail(exc, labels[i]) from exc
@@ -192,8 +193,11 @@ def _copy(ctype: Any, item: Any) -> Any:
     return ctype.from_buffer_copy(item)
 
 
-def _pairs(items: Iterable[T], enc: Callable[[T], tuple[Any, Any]]) -> list[tuple[Any, Any]]:
-    return [enc(item) for item in items]
+def _view(buf: bytearray) -> int:
+    """Address of a bytearray's storage (valid while the bytearray lives and is not resized)."""
+    if not buf:
+        return 0
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
 
 
 class BpfLBMap:
@@ -223,30 +227,25 @@ class BpfLBMap:
     # --- LBMap -----------------------------------------------------------------------------
 
     def update_backends(self, items: Mapping[int, BackendValue]) -> None:
-        pairs = _pairs(items.items(), lambda kv: (encode_backend_id(kv[0]), encode_backend(*kv)))
-        self.maps[MAP_BACKENDS].update(pairs, list(items))
+        self.maps[MAP_BACKENDS].update_packed(pack_backends(items), list(items))
 
     def delete_backends(self, ids: Iterable[int]) -> None:
         labels = list(ids)
-        self.maps[MAP_BACKENDS].delete([encode_backend_id(i) for i in labels], labels)
+        self.maps[MAP_BACKENDS].delete_packed(pack_ids(labels, MAP_BACKENDS), labels)
 
     def update_services(self, items: Mapping[ServiceKey, ServiceValue]) -> None:
-        pairs = _pairs(
-            items.items(), lambda kv: (encode_service_key(kv[0]), encode_service_value(*kv))
-        )
-        self.maps[MAP_SERVICES].update(pairs, list(items))
+        self.maps[MAP_SERVICES].update_packed(pack_services(items), list(items))
 
     def delete_services(self, keys: Iterable[ServiceKey]) -> None:
         labels = list(keys)
-        self.maps[MAP_SERVICES].delete([encode_service_key(k) for k in labels], labels)
+        self.maps[MAP_SERVICES].delete_packed(pack_service_keys(labels), labels)
 
     def update_revnat(self, items: Mapping[int, RevNatValue]) -> None:
-        pairs = _pairs(items.items(), lambda kv: (encode_revnat_id(kv[0]), encode_revnat(*kv)))
-        self.maps[MAP_REVNAT].update(pairs, list(items))
+        self.maps[MAP_REVNAT].update_packed(pack_revnat(items), list(items))
 
     def delete_revnat(self, ids: Iterable[int]) -> None:
         labels = list(ids)
-        self.maps[MAP_REVNAT].delete([encode_revnat_id(i) for i in labels], labels)
+        self.maps[MAP_REVNAT].delete_packed(pack_ids(labels, MAP_REVNAT), labels)
 
     def dump(self) -> LBMapState:
         state = LBMapState()

@@ -232,3 +232,33 @@ def map_lookup_batch(
             raise
         return ctypes.c_uint32.from_buffer(attr, 32).value, False
     return ctypes.c_uint32.from_buffer(attr, 32).value, True
+
+
+# --- the same commands on raw addresses (packed bytearrays, see bpflayout.Packed) -----------------
+
+
+def map_update_at(fd: int, key: int, value: int) -> None:
+    _bpf(MAP_UPDATE_ELEM, _attr((0, "I", fd), (8, "Q", key), (16, "Q", value)))
+
+
+def map_delete_at(fd: int, key: int) -> None:
+    _bpf(MAP_DELETE_ELEM, _attr((0, "I", fd), (8, "Q", key)))
+
+
+def _batch_at(cmd: int, fd: int, keys: int, values: int, count: int) -> int:
+    attr = _attr((16, "Q", keys), (24, "Q", values), (32, "I", count), (36, "I", fd))
+    try:
+        _bpf(cmd, attr)
+    except OSError as exc:
+        exc.done = ctypes.c_uint32.from_buffer(attr, 32).value  # type: ignore[attr-defined]
+        raise
+    return count
+
+
+def map_update_batch_at(fd: int, keys: int, values: int, count: int) -> int:
+    """BPF_MAP_UPDATE_BATCH on arrays at raw addresses; on error ``.done`` is set."""
+    return _batch_at(MAP_UPDATE_BATCH, fd, keys, values, count)
+
+
+def map_delete_batch_at(fd: int, keys: int, count: int) -> int:
+    return _batch_at(MAP_DELETE_BATCH, fd, keys, 0, count)

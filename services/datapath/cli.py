@@ -74,6 +74,15 @@ def datapath_command(
     log_format: Annotated[
         str, typer.Option("--log-format", envvar="WEIR_LOG_FORMAT", help="text or json.")
     ] = "text",
+    uninstall: Annotated[
+        bool,
+        typer.Option(
+            "--uninstall",
+            envvar="WEIR_UNINSTALL",
+            help="Detach the programs (from --cgroup, or everywhere) and remove the pins, then "
+            "exit. A stopping worker never does this: its programs and maps outlive it.",
+        ),
+    ] = False,
 ) -> None:
     """Program this node's eBPF service and policy maps from the bus; publish its flows."""
     from pydantic import ValidationError  # noqa: PLC0415
@@ -95,18 +104,35 @@ def datapath_command(
             log_level=log_level,
             log_format=log_format,
         )
-        if settings.maps == "bpf" and not settings.cgroup:
+        if settings.maps == "bpf" and not settings.cgroup and not uninstall:
             raise ValueError("--cgroup is required with --maps bpf")
     except (ValidationError, ValueError) as exc:
         typer.echo(f"weir datapath: invalid option: {exc}", err=True)
         raise typer.Exit(2) from None
     setup_logging(settings.log_level, settings.log_format)
+    if uninstall:
+        _uninstall(settings.node_name, pin_dir, cgroup)
+        return
     setup_tracing("weir-datapath", node=settings.node_name)  # WEIR_TRACE_FILE / OTEL_*
     try:
         asyncio.run(_serve(settings))
     except Exception as exc:  # loader/bus start-up failures: one clear line, exit 1
         typer.echo(f"weir datapath: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _uninstall(node: str, pin_dir: str, cgroup: str) -> None:
+    from pathlib import Path  # noqa: PLC0415
+
+    from services.datapath import loader  # noqa: PLC0415
+
+    pins = Path(pin_dir) if pin_dir else loader.default_pin_dir(node)
+    try:
+        removed = loader.uninstall(pins, Path(cgroup) if cgroup else None)
+    except OSError as exc:
+        typer.echo(f"weir datapath --uninstall: {pins}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"detached from {cgroup or 'every cgroup'}; removed {len(removed)} pin directories")
 
 
 async def _serve(settings: object) -> None:

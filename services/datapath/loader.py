@@ -13,15 +13,23 @@ Why it is shaped this way:
   connects never fail during a restart and nothing is attached twice. ``close()`` therefore only
   drops this process's handles; ``detach()`` is the explicit "remove Weir from this cgroup".
 * Settings reach the C code only as -D flags (pin directory and map sizes).
+* The worker runs this module as a short-lived child (``python -m services.datapath.loader``):
+  bcc's LLVM keeps ~135 MB resident in whatever process compiled a program, and a worker lives
+  for days. The child verifies, compiles, loads and (re-)attaches, then exits; the worker only
+  opens the pinned maps with plain bpf(2) calls.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import errno
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +262,69 @@ def remove_pins(version_dir: Path) -> None:
     detach_links(version_dir / "links")
     if version_dir.exists():
         shutil.rmtree(version_dir)
+
+
+def install(pin_dir: Path, cgroup: Path, version: str = DEFAULT_VERSION) -> Path:
+    """Load and attach (or atomically re-point) the programs; returns the version directory."""
+    lb = SockLB(pin_dir, version=version)
+    try:
+        lb.load()
+        lb.attach(cgroup)
+    finally:
+        lb.close()
+    return lb.dir
+
+
+def uninstall(pin_dir: Path, cgroup: Path | None = None) -> list[Path]:
+    """Detach from ``cgroup`` (every cgroup when None) and, when nothing stays attached, remove
+    the pins of every version under ``pin_dir``. Returns the version directories removed."""
+    removed: list[Path] = []
+    if not pin_dir.is_dir():
+        return removed
+    for version in sorted(p for p in pin_dir.iterdir() if p.is_dir()):
+        prefix = f"cg{os.stat(cgroup).st_ino}_" if cgroup is not None else "cg"
+        detach_links(version / "links", prefix)
+        links = version / "links"
+        if not (links.is_dir() and any(links.iterdir())):
+            remove_pins(version)
+            removed.append(version)
+    with contextlib.suppress(OSError):
+        pin_dir.rmdir()
+    return removed
+
+
+def install_in_child(pin_dir: Path, cgroup: Path, version: str = DEFAULT_VERSION) -> Path:
+    """:func:`install` in a child process, so the caller never holds bcc's memory. Raises
+    LoadError with the child's own error line (e.g. a PinMismatchError naming the map)."""
+    cmd = [sys.executable, "-m", "services.datapath.loader", "install",
+           "--pin-dir", str(pin_dir), "--cgroup", str(cgroup), "--version", version]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise LoadError(lines[-1] if lines else f"loader exited with {done.returncode}")
+    return Path(json.loads(done.stdout.splitlines()[-1])["dir"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.datapath.loader")
+    parser.add_argument("action", choices=("install", "uninstall"))
+    parser.add_argument("--pin-dir", required=True)
+    parser.add_argument("--cgroup", default="")
+    parser.add_argument("--version", default=DEFAULT_VERSION)
+    args = parser.parse_args(argv)
+    cgroup = Path(args.cgroup) if args.cgroup else None
+    try:
+        if args.action == "install":
+            if cgroup is None:
+                raise LoadError("install: --cgroup is required")
+            print(json.dumps({"dir": str(install(Path(args.pin_dir), cgroup, args.version))}))
+        else:
+            print(json.dumps({"removed": [str(p) for p in uninstall(Path(args.pin_dir), cgroup)]}))
+    except (PinMismatchError, LoadError, OSError) as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,7 +11,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 SYNC_DURATION = Histogram(
     "weir_datapath_sync_duration_seconds",
-    "Time to turn a batch of changes (or a full sync) into map writes.",
+    "Time to turn a batch of changes (or the full bootstrap state) into map writes "
+    "(like kubeproxy_sync_proxy_rules_duration_seconds).",
     ["kind"],  # full | incremental | retry
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
@@ -38,4 +39,16 @@ BAD_MESSAGES = Counter(
 )
 MODEL_ERRORS = Gauge(
     "weir_datapath_model_errors", "Current problems in the desired state (e.g. VIP conflicts)."
+)
+NETWORK_PROGRAMMING = Histogram(
+    "weir_network_programming_duration_seconds",
+    "From the API change of an object (K8sEvent.observed_at, watcher clock) to its map writes "
+    "on this node (like kubeproxy_network_programming_duration_seconds; live changes only).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BOOTSTRAP = Gauge(
+    "weir_datapath_bootstrap_duration_seconds",
+    "Last bootstrap, by phase: start (process start to maps attached), snapshot (bus read), "
+    "decode (messages to desired state), apply (map writes), sync (snapshot+decode+apply).",
+    ["phase"],
 )

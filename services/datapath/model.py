@@ -21,6 +21,7 @@ kube-proxy (``pkg/proxy/topology.go`` CategorizeEndpoints and ``endpointslicecac
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -171,6 +172,7 @@ class DesiredState:
         self._owned: dict[ServiceRef, dict[Frontend, FrontendSpec]] = {}
         self._claims: dict[Frontend, set[ServiceRef]] = {}
         self.frontends: dict[Frontend, FrontendSpec] = {}
+        self._backend_refs: Counter[BackendAddr] = Counter()  # frontends using each backend
         self.errors: dict[ServiceRef, list[str]] = {}
         self._dirty: set[ServiceRef] = set()
 
@@ -249,11 +251,23 @@ class DesiredState:
 
     def _resolve(self, fe: Frontend) -> None:
         claims = self._claims.get(fe)
-        if not claims:
+        new = self._owned[min(claims)][fe] if claims else None
+        old = self.frontends.pop(fe, None) if new is None else self.frontends.get(fe)
+        if new is None:
             self._claims.pop(fe, None)
-            self.frontends.pop(fe, None)
+        else:
+            self.frontends[fe] = new
+        if old is new:
             return
-        self.frontends[fe] = self._owned[min(claims)][fe]
+        refs = self._backend_refs
+        if old is not None:
+            for b in old.backends:
+                refs[b.addr] -= 1
+                if not refs[b.addr]:
+                    del refs[b.addr]
+        if new is not None:
+            for b in new.backends:
+                refs[b.addr] += 1
 
     def problems(self) -> list[str]:
         """Every current problem: per-service errors and frontends two services claim (the
@@ -268,9 +282,8 @@ class DesiredState:
         return out
 
     def counts(self) -> Mapping[str, int]:
-        backends = {b.addr for spec in self.frontends.values() for b in spec.backends}
         return {
             "services": len(self._owned),
             "frontends": len(self.frontends),
-            "backends": len(backends),
+            "backends": len(self._backend_refs),
         }

@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -30,6 +32,7 @@ from typing import Literal
 
 import nats.errors
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 from opentelemetry.trace import Span, StatusCode
@@ -71,6 +74,7 @@ class DatapathSettings(WeirSettings):
     netns: str = ""  # the node's netns (pods' host-side veths) for the policy loop; "": ours
     policy: bool = True  # run the NetworkPolicy loop and publish flows (policyworker)
     batch: int = 512
+    status_interval: float = 0.05  # at most one NodeStatus per interval (the last one wins)
     fetch_timeout: float = 0.5
     retry_interval: float = 1.0
 
@@ -108,45 +112,97 @@ class DatapathWorker:
         self.applied_seq = 0
         self.errors: list[str] = []
         self._seen: dict[str, int] = {}  # subject -> newest stream sequence absorbed
+        # capacities never change under a running worker; entries come from the mirror, so a
+        # status costs no map walk (a dump of 200,000 entries would cost ~100 ms per batch)
+        self._capacity = {name: cap for name, (_n, cap) in lbmap.fill().items()}
+        self._status_wanted = asyncio.Event()
+        self._write_failed = False
         self.status_hooks: list[Callable[[NodeStatus], None]] = []  # e.g. the policy loop's
 
     def ready(self) -> bool | str:
         return True if self.synced else "bootstrap from the bus not complete"
 
     async def run(self) -> None:
-        start = await self.bootstrap()
-        await self.consume(start)
+        status = asyncio.create_task(self._status_loop(), name=f"status-{self.node}")
+        try:
+            start = await self.bootstrap()
+            await self.consume(start)
+        finally:
+            status.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await status
+
+    def request_status(self) -> None:
+        """Ask for a NodeStatus; bursts of batches coalesce into one publish per interval."""
+        self._status_wanted.set()
+
+    async def _status_loop(self) -> None:
+        while True:
+            await self._status_wanted.wait()
+            self._status_wanted.clear()
+            try:
+                await self.publish_status()
+            except Exception:  # never lose the status loop to one bad status
+                log.exception("%s: cannot build the node status", self.node)
+            await asyncio.sleep(self.settings.status_interval)
 
     async def bootstrap(self) -> int:
         """Snapshot, full apply, prune. Returns the first stream sequence to consume."""
         js = self.bus.js
-        snapshot_seqs: list[int] = []
-        messages: list[Msg] = []
-        for kind in KINDS:
-            snap = await last_per_subject(js, STREAM_K8S, k8s_filter(kind))
-            snapshot_seqs.append(snap.sequence)
-            messages.extend(snap.messages)
+        started = time.perf_counter()
+        # The bootstrap allocates a few million long-lived objects: with the cyclic GC rescanning
+        # them rarely it is several times faster, and freezing them afterwards keeps full
+        # collections from walking the whole desired state on every later change.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(50_000, 20, 1_000)
+        try:
+            return await self._bootstrap(js, started)
+        finally:
+            gc.set_threshold(*thresholds)
+            gc.freeze()
+
+    async def _bootstrap(self, js: JetStreamContext, started: float) -> int:
+        snaps = await asyncio.gather(
+            *(last_per_subject(js, STREAM_K8S, k8s_filter(kind)) for kind in KINDS)
+        )
+        read = time.perf_counter()
         # each kind's snapshot is complete up to its own sequence: resume after the older one
-        first = min(snapshot_seqs)
+        first = min(snap.sequence for snap in snaps)
         self.applied_seq = max(self.applied_seq, first)
-        messages.sort(key=lambda msg: msg.metadata.sequence.stream)
+        messages = sorted(
+            (msg for snap in snaps for msg in snap.messages),
+            key=lambda msg: msg.metadata.sequence.stream,
+        )
         for msg in messages:
             self._absorb(msg)
         self.model.flush()
-        started = time.perf_counter()
+        decoded = time.perf_counter()
         result = await asyncio.to_thread(self.reconciler.apply, self.model.frontends, prune=True)
-        m.SYNC_DURATION.labels("full").observe(time.perf_counter() - started)
+        done = time.perf_counter()
+        m.SYNC_DURATION.labels("full").observe(done - decoded)
+        for phase, seconds in (
+            ("snapshot", read - started),
+            ("decode", decoded - read),
+            ("apply", done - decoded),
+            ("sync", done - started),
+        ):
+            m.BOOTSTRAP.labels(phase).set(seconds)
         self._account(result)
         self.synced = True
         log.info(
-            "%s: full sync of %d objects: %d frontends, %d writes, %d errors",
+            "%s: full sync of %d objects in %.3fs (snapshot %.3fs, decode %.3fs, apply %.3fs):"
+            " %d frontends, %d writes, %d errors",
             self.node,
             len(messages),
+            done - started,
+            read - started,
+            decoded - read,
+            done - decoded,
             len(self.model.frontends),
             result.writes,
             len(result.errors),
         )
-        await self.publish_status()
+        self.request_status()
         return first + 1
 
     async def consume(self, start_seq: int) -> None:
@@ -194,7 +250,7 @@ class DatapathWorker:
                 ):
                     last_retry = time.monotonic()
                     await self._apply(set(), "retry")
-                    await self.publish_status()
+                    self.request_status()
         finally:
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
@@ -218,13 +274,14 @@ class DatapathWorker:
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=self.settings.retry_interval)
                 return
+            _observe_programming(events)
             for msg in msgs:
                 await msg.ack()
         finally:
             for span in spans:
                 span.end()
         self.applied_seq = max(self.applied_seq, *(msg.metadata.sequence.stream for msg in msgs))
-        await self.publish_status()
+        self.request_status()
 
     async def _apply(self, changed: set[Frontend], kind: str) -> ApplyResult:
         started = time.perf_counter()
@@ -265,13 +322,16 @@ class DatapathWorker:
         m.BAD_MESSAGES.labels(kind).inc()
 
     def _account(self, result: ApplyResult) -> None:
+        if result.errors or self._write_failed:  # full maps: room may have been made (a walk)
+            self._capacity = {name: cap for name, (_n, cap) in self.lbmap.fill().items()}
+        self._write_failed = bool(result.errors)
         m.MAP_WRITES.inc(result.writes)
         self.errors = [e.message for e in result.errors]
         for err in result.errors:
             m.MAP_WRITE_ERRORS.labels(err.map_name, "full" if err.full else "error").inc()
             log.error("%s: map write failed for %s: %s", self.node, err.frontend, err.message)
         m.PENDING_FRONTENDS.set(len(self.reconciler.pending))
-        for name, (entries, capacity) in self.lbmap.fill().items():
+        for name, (entries, capacity) in self.fill().items():
             m.MAP_ENTRIES.labels(name).set(entries)
             m.MAP_CAPACITY.labels(name).set(capacity)
             m.MAP_FILL.labels(name).set(entries / capacity if capacity else 0.0)
@@ -283,8 +343,16 @@ class DatapathWorker:
         m.MODEL_ERRORS.set(len(problems))
         self.errors.extend(problems)
 
+    def fill(self) -> dict[str, tuple[int, int]]:
+        """(entries, capacity) per LB map, as the mirror knows them (rebuilt from the maps
+        after any failed write, so it does not drift)."""
+        r = self.reconciler.realised
+        services = len(r.masters) + sum(len(slots) for slots in r.slots.values())
+        entries = {"services": services, "backends": len(r.backends), "revnat": len(r.revnat)}
+        return {name: (entries.get(name, 0), cap) for name, cap in self._capacity.items()}
+
     def status(self) -> NodeStatus:
-        fill = self.lbmap.fill()
+        fill = self.fill()
         status = NodeStatus(
             node=self.node,
             applied={STREAM_K8S: self.applied_seq},
@@ -306,6 +374,14 @@ class DatapathWorker:
             await publish(self.bus.js, status_subject(self.node), status, msg_id=msg_id)
         except Exception as exc:  # status is best effort; the maps are what matters
             log.warning("%s: cannot publish status: %r", self.node, exc)
+
+
+def _observe_programming(events: Sequence[K8sEvent | None]) -> None:
+    """API change -> maps written on this node, per object (the watcher's clock vs ours)."""
+    now = time.time()
+    for event in events:
+        if event is not None:
+            m.NETWORK_PROGRAMMING.observe(max(0.0, now - event.observed_at.timestamp()))
 
 
 def _annotate(
@@ -339,27 +415,25 @@ def open_maps(settings: DatapathSettings) -> tuple[LBMap, Callable[[], None], di
         from services.datapath.fakemaps import FakeLBMap  # noqa: PLC0415
 
         return FakeLBMap(), lambda: None, {}
-    from services.datapath import loader  # noqa: PLC0415 - bcc only where the kernel is used
+    from services.datapath import loader  # noqa: PLC0415
+    from services.datapath.bpfmaps import BpfLBMap  # noqa: PLC0415
 
     if not settings.cgroup:
         raise ValueError("cgroup: required with maps=bpf (the cgroup2 path to attach to)")
     pin_dir = (
         Path(settings.pin_dir) if settings.pin_dir else loader.default_pin_dir(settings.node_name)
     )
-    sock = loader.SockLB(pin_dir)
-    sock.load()
-    try:
-        sock.attach(Path(settings.cgroup))
-        bpf_maps = sock.maps()
-    except BaseException:
-        sock.close()
-        raise
+    version_dir = loader.install_in_child(pin_dir, Path(settings.cgroup))
+    bpf_maps = BpfLBMap(version_dir)
+    # the programs stay attached through their pinned links: closing only drops our fds
+    return bpf_maps, bpf_maps.close, {"sock_lb": loader.DEFAULT_VERSION}
 
-    def close() -> None:
-        bpf_maps.close()
-        sock.close()  # the programs stay attached through their pinned links
 
-    return bpf_maps, close, {"sock_lb": loader.DEFAULT_VERSION}
+def process_age() -> float:
+    """Seconds since this process started (from /proc: includes interpreter start-up)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+    return float(Path("/proc/uptime").read_text().split()[0]) - start
 
 
 async def run_datapath(settings: DatapathSettings, *, lbmap: LBMap | None = None) -> None:
@@ -370,6 +444,7 @@ async def run_datapath(settings: DatapathSettings, *, lbmap: LBMap | None = None
     versions: dict[str, str] = {}
     if lbmap is None:
         lbmap, close, versions = open_maps(settings)
+        m.BOOTSTRAP.labels("start").set(process_age())
     bus: Bus | None = None
     ops: OpsServer | None = None
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 
 from contracts.subjects import STREAM_K8S, STREAM_STATUS, k8s_subject, status_subject
@@ -104,10 +105,22 @@ def fresh(*paths: Path) -> LBMapState:
     return lbmap.dump()
 
 
-async def last_status(bus: Bus) -> NodeStatus:
-    msg = await bus.js.get_last_msg(STREAM_STATUS, status_subject(NODE))
-    assert msg.data is not None
-    return NodeStatus.model_validate_json(msg.data)
+async def last_status(bus: Bus, *, applied: int = 0, within: float = 10.0) -> NodeStatus:
+    """The node's newest NodeStatus, waiting (statuses are coalesced) until it reports at least
+    ``applied``."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            msg = await bus.js.get_last_msg(STREAM_STATUS, status_subject(NODE))
+        except NotFoundError:
+            if time.monotonic() > deadline:
+                raise
+        else:
+            assert msg.data is not None
+            status = NodeStatus.model_validate_json(msg.data)
+            if status.applied[STREAM_K8S] >= applied or time.monotonic() > deadline:
+                return status
+        await asyncio.sleep(0.02)
 
 
 def metric(name: str, **labels: str) -> float:
@@ -139,7 +152,7 @@ async def test_bootstrap_live_changes_restart_and_delete_while_down(
     want = resolved(fresh(clusterip, policy))
     await eventually(lambda: resolved(lbmap.dump()) == want, what="live changes applied")
     await eventually(lambda: run1.worker.applied_seq == last, what="applied sequence")
-    status = await last_status(bus)
+    status = await last_status(bus, applied=last)
     assert status.applied[STREAM_K8S] == last
     assert status.maps["services"].entries == len(lbmap.dump().services)
     assert status.errors == []
