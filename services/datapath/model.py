@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from contracts.v1.endpointslice import Endpoint, EndpointSlice
 from contracts.v1.envelope import K8sEvent, Op
@@ -49,6 +50,38 @@ class Candidate:
         return 0 if self.ready else 1 if self.serving else 2
 
 
+class EndpointView(NamedTuple):
+    """What backend selection reads of one endpoint: its first address and its conditions."""
+
+    ip: str
+    ready: bool
+    serving: bool
+    terminating: bool
+    node_name: str | None
+
+
+class SliceView(NamedTuple):
+    """What backend selection reads of an EndpointSlice. The model keeps these instead of the
+    contract objects: at 100,000 endpoints the pydantic objects cost ~250 MB, these a fraction."""
+
+    address_type: str
+    ports: tuple[tuple[str, str, int | None], ...]  # (name or "", protocol, port)
+    endpoints: tuple[EndpointView, ...]
+
+    @classmethod
+    def of(cls, es: EndpointSlice) -> SliceView:
+        return cls(
+            es.address_type,
+            tuple((p.name or "", p.protocol, p.port) for p in es.ports),
+            tuple(_endpoint_view(ep) for ep in es.endpoints),
+        )
+
+
+def _endpoint_view(ep: Endpoint) -> EndpointView:
+    c = ep.conditions
+    return EndpointView(ep.addresses[0], c.ready, c.serving, c.terminating, ep.node_name)
+
+
 def select_endpoints(
     candidates: Iterable[Candidate], *, node: str, local_only: bool, publish_not_ready: bool
 ) -> list[tuple[Candidate, BackendState]]:
@@ -66,19 +99,20 @@ def _is_ipv4(ip: str) -> bool:
 
 
 def port_candidates(
-    ref: ServiceRef, sp: ServicePort, slices: Iterable[tuple[str, EndpointSlice]]
+    ref: ServiceRef, sp: ServicePort, slices: Iterable[tuple[str, EndpointSlice | SliceView]]
 ) -> tuple[list[Candidate], list[str]]:
     """Deduplicated candidates of one service port across the service's slices (by name)."""
     errors: list[str] = []
     want_name = sp.name or ""
     best: dict[str, Candidate] = {}
-    for slice_name, es in sorted(slices, key=lambda x: x[0]):
+    for slice_name, raw in sorted(slices, key=lambda x: x[0]):
+        es = raw if isinstance(raw, SliceView) else SliceView.of(raw)
         if es.address_type != "IPv4" or not es.endpoints:
             continue
         port: int | None = None
-        for p in es.ports:
-            if (p.name or "") == want_name and p.protocol == sp.protocol:
-                port = p.port
+        for p_name, p_protocol, p_port in es.ports:
+            if p_name == want_name and p_protocol == sp.protocol:
+                port = p_port
                 break
         else:
             if not es.ports and isinstance(sp.target_port, int):
@@ -100,16 +134,17 @@ def port_candidates(
     return [best[ip] for ip in sorted(best)], errors
 
 
-def _candidate(ep: Endpoint, port: int) -> Candidate | None:
-    ip = ep.addresses[0]
-    if not _is_ipv4(ip):
+def _candidate(ep: EndpointView, port: int) -> Candidate | None:
+    if not _is_ipv4(ep.ip):
         return None
-    c = ep.conditions
-    return Candidate(ip, port, c.ready, c.serving, c.terminating, ep.node_name)
+    return Candidate(ep.ip, port, ep.ready, ep.serving, ep.terminating, ep.node_name)
 
 
 def service_frontends(
-    ref: ServiceRef, svc: Service, slices: Iterable[tuple[str, EndpointSlice]], node: str
+    ref: ServiceRef,
+    svc: Service,
+    slices: Iterable[tuple[str, EndpointSlice | SliceView]],
+    node: str,
 ) -> tuple[dict[Frontend, FrontendSpec], list[str]]:
     """Every frontend of one service with its backends as seen from ``node``, and the problems
     found (each naming the service and the field)."""
@@ -166,7 +201,7 @@ class DesiredState:
     def __init__(self, node: str) -> None:
         self.node = node
         self.services: dict[ServiceRef, Service] = {}
-        self.slices: dict[ServiceRef, EndpointSlice] = {}  # (namespace, slice name)
+        self.slices: dict[ServiceRef, SliceView] = {}  # (namespace, slice name)
         self._slice_owner: dict[ServiceRef, ServiceRef] = {}
         self._slices_of: dict[ServiceRef, set[str]] = {}
         self._owned: dict[ServiceRef, dict[Frontend, FrontendSpec]] = {}
@@ -204,7 +239,7 @@ class DesiredState:
     def upsert_slice(self, namespace: str, name: str, es: EndpointSlice) -> None:
         self.delete_slice(namespace, name)
         owner = es.service_name
-        self.slices[(namespace, name)] = es
+        self.slices[(namespace, name)] = SliceView.of(es)
         if owner:
             self._slice_owner[(namespace, name)] = (namespace, owner)
             self._slices_of.setdefault((namespace, owner), set()).add(name)
@@ -220,7 +255,7 @@ class DesiredState:
                 self._slices_of.pop(owner, None)
             self._dirty.add(owner)
 
-    def slices_of(self, ref: ServiceRef) -> list[tuple[str, EndpointSlice]]:
+    def slices_of(self, ref: ServiceRef) -> list[tuple[str, EndpointSlice | SliceView]]:
         names = self._slices_of.get(ref, set())
         return [(n, self.slices[(ref[0], n)]) for n in sorted(names)]
 

@@ -128,16 +128,18 @@ class DatapathWorker:
             start = await self.bootstrap()
             await self.consume(start)
         finally:
+            # nats-py can turn a cancellation into a timeout that publish() retries: never
+            # wait on the status task for long (the status is best effort)
             status.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await status
+            await asyncio.wait({status}, timeout=1.0)
 
     def request_status(self) -> None:
         """Ask for a NodeStatus; bursts of batches coalesce into one publish per interval."""
         self._status_wanted.set()
 
     async def _status_loop(self) -> None:
-        while True:
+        me = asyncio.current_task()
+        while me is None or not me.cancelling():
             await self._status_wanted.wait()
             self._status_wanted.clear()
             try:
