@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from contracts.subjects import k8s_subject
 from contracts.v1.endpointslice import Endpoint, EndpointSlice
 from contracts.v1.envelope import K8sEvent, Op
 from contracts.v1.service import Service, ServicePort
@@ -77,6 +78,82 @@ class SliceView(NamedTuple):
         )
 
 
+class PortView(NamedTuple):
+    """What frontend building reads of one service port."""
+
+    name: str | None
+    protocol: str
+    port: int
+    target_port: int | str
+
+
+class ServiceView(NamedTuple):
+    """What frontend building reads of a Service (kept instead of the contract object, which
+    costs several times more per Service at 10,000 Services)."""
+
+    type: str
+    headless: bool
+    cluster_ips: tuple[str, ...]
+    external_ips: tuple[str, ...]
+    load_balancer_ips: tuple[str, ...]
+    ports: tuple[PortView, ...]
+    session_affinity: str
+    session_affinity_timeout_seconds: int
+    external_traffic_policy: str
+    internal_traffic_policy: str
+    publish_not_ready_addresses: bool
+
+    @classmethod
+    def of(cls, svc: Service) -> ServiceView:
+        return cls(
+            svc.type,
+            svc.headless,
+            tuple(svc.cluster_ips),
+            tuple(svc.external_ips),
+            tuple(svc.load_balancer_ips),
+            tuple(PortView(p.name, p.protocol, p.port, p.target_port) for p in svc.ports),
+            svc.session_affinity,
+            svc.session_affinity_timeout_seconds,
+            svc.external_traffic_policy,
+            svc.internal_traffic_policy,
+            svc.publish_not_ready_addresses,
+        )
+
+
+class Change(NamedTuple):
+    """One Service or EndpointSlice event as the model absorbs it (see services.datapath.decode,
+    which builds these straight from the bus JSON)."""
+
+    kind: str
+    op: Op
+    namespace: str
+    name: str
+    observed_at: float  # the watcher's clock, seconds since the epoch
+    obj: ServiceView | SliceView | None
+    owner: str | None = None  # an EndpointSlice's service name
+
+    @classmethod
+    def of(cls, event: K8sEvent) -> Change:
+        obj: ServiceView | SliceView | None = None
+        owner = None
+        if isinstance(event.object, Service):
+            obj = ServiceView.of(event.object)
+        elif isinstance(event.object, EndpointSlice):
+            obj, owner = SliceView.of(event.object), event.object.service_name
+        return cls(
+            event.kind,
+            event.op,
+            event.namespace or "",
+            event.name,
+            event.observed_at.timestamp(),
+            obj,
+            owner,
+        )
+
+    def subject(self) -> str:
+        return k8s_subject(self.kind, self.namespace or None, self.name)
+
+
 def _endpoint_view(ep: Endpoint) -> EndpointView:
     c = ep.conditions
     return EndpointView(ep.addresses[0], c.ready, c.serving, c.terminating, ep.node_name)
@@ -99,7 +176,9 @@ def _is_ipv4(ip: str) -> bool:
 
 
 def port_candidates(
-    ref: ServiceRef, sp: ServicePort, slices: Iterable[tuple[str, EndpointSlice | SliceView]]
+    ref: ServiceRef,
+    sp: ServicePort | PortView,
+    slices: Iterable[tuple[str, EndpointSlice | SliceView]],
 ) -> tuple[list[Candidate], list[str]]:
     """Deduplicated candidates of one service port across the service's slices (by name)."""
     errors: list[str] = []
@@ -142,7 +221,7 @@ def _candidate(ep: EndpointView, port: int) -> Candidate | None:
 
 def service_frontends(
     ref: ServiceRef,
-    svc: Service,
+    svc: Service | ServiceView,
     slices: Iterable[tuple[str, EndpointSlice | SliceView]],
     node: str,
 ) -> tuple[dict[Frontend, FrontendSpec], list[str]]:
@@ -200,7 +279,7 @@ class DesiredState:
 
     def __init__(self, node: str) -> None:
         self.node = node
-        self.services: dict[ServiceRef, Service] = {}
+        self.services: dict[ServiceRef, ServiceView] = {}
         self.slices: dict[ServiceRef, SliceView] = {}  # (namespace, slice name)
         self._slice_owner: dict[ServiceRef, ServiceRef] = {}
         self._slices_of: dict[ServiceRef, set[str]] = {}
@@ -211,35 +290,41 @@ class DesiredState:
         self.errors: dict[ServiceRef, list[str]] = {}
         self._dirty: set[ServiceRef] = set()
 
-    def apply(self, event: K8sEvent) -> bool:
+    def apply(self, event: K8sEvent | Change) -> bool:
         """Absorb one event; False for kinds the datapath does not use."""
-        ns = event.namespace or ""
-        if event.kind == "service":
-            if event.op is Op.DELETE:
-                self.delete_service(ns, event.name)
-            elif isinstance(event.object, Service):
-                self.upsert_service(ns, event.name, event.object)
+        ch = event if isinstance(event, Change) else Change.of(event)
+        if ch.kind == "service":
+            if ch.op is Op.DELETE:
+                self.delete_service(ch.namespace, ch.name)
+            elif isinstance(ch.obj, ServiceView):
+                self.upsert_service(ch.namespace, ch.name, ch.obj)
             return True
-        if event.kind == "endpointslice":
-            if event.op is Op.DELETE:
-                self.delete_slice(ns, event.name)
-            elif isinstance(event.object, EndpointSlice):
-                self.upsert_slice(ns, event.name, event.object)
+        if ch.kind == "endpointslice":
+            if ch.op is Op.DELETE:
+                self.delete_slice(ch.namespace, ch.name)
+            elif isinstance(ch.obj, SliceView):
+                self.upsert_slice(ch.namespace, ch.name, ch.obj, ch.owner)
             return True
         return False
 
-    def upsert_service(self, namespace: str, name: str, svc: Service) -> None:
-        self.services[(namespace, name)] = svc
+    def upsert_service(self, namespace: str, name: str, svc: Service | ServiceView) -> None:
+        view = svc if isinstance(svc, ServiceView) else ServiceView.of(svc)
+        self.services[(namespace, name)] = view
         self._dirty.add((namespace, name))
 
     def delete_service(self, namespace: str, name: str) -> None:
         self.services.pop((namespace, name), None)
         self._dirty.add((namespace, name))
 
-    def upsert_slice(self, namespace: str, name: str, es: EndpointSlice) -> None:
+    def upsert_slice(
+        self, namespace: str, name: str, es: EndpointSlice | SliceView, owner: str | None = None
+    ) -> None:
+        """``owner``: the service name, when ``es`` is already a view (which does not keep it)."""
         self.delete_slice(namespace, name)
-        owner = es.service_name
-        self.slices[(namespace, name)] = SliceView.of(es)
+        if isinstance(es, EndpointSlice):
+            owner = es.service_name
+            es = SliceView.of(es)
+        self.slices[(namespace, name)] = es
         if owner:
             self._slice_owner[(namespace, name)] = (namespace, owner)
             self._slices_of.setdefault((namespace, owner), set()).add(name)

@@ -46,17 +46,18 @@ from contracts.subjects import (
     parse_k8s_subject,
     status_subject,
 )
-from contracts.v1 import K8sEvent, MapFill, NodeStatus
+from contracts.v1 import MapFill, NodeStatus
 from services.common import tracing
 from services.common.bus import Bus, connect_bus, provision, publish
 from services.common.consume import DurableSpec, last_per_subject
 from services.common.ops import OpsServer, start_ops_server
 from services.common.settings import WeirSettings
 from services.datapath import metrics as m
+from services.datapath.decode import decode
 from services.datapath.frontend import Frontend
 from services.datapath.lbmap import LBMap
 from services.datapath.loader import default_pin_dir
-from services.datapath.model import DesiredState
+from services.datapath.model import Change, DesiredState
 from services.datapath.policyworker import PolicySidecar
 from services.datapath.reconcile import ApplyResult, Reconciler
 from services.datapath.writecount import WriteCounter
@@ -77,6 +78,7 @@ class DatapathSettings(WeirSettings):
     status_interval: float = 0.05  # at most one NodeStatus per interval (the last one wins)
     fetch_timeout: float = 0.5
     retry_interval: float = 1.0
+    service_cidrs: tuple[str, ...] = ("10.96.0.0/12",)  # hook (datapath correctness): loader
 
     @field_validator("node_name")
     @classmethod
@@ -292,14 +294,14 @@ class DatapathWorker:
         self._account(result)
         return result
 
-    def _absorb(self, msg: Msg) -> K8sEvent | None:
+    def _absorb(self, msg: Msg) -> Change | None:
         """Decode one bus message into the model; skip stale or invalid ones (None)."""
         seq = msg.metadata.sequence.stream
         if seq <= self._seen.get(msg.subject, 0):
             return None  # already absorbed (snapshot or an earlier delivery)
         self._seen[msg.subject] = seq
         try:
-            event = K8sEvent.model_validate_json(msg.data)
+            event = decode(msg.data)
         except ValidationError as exc:
             self._bad(msg, exc)
             return None
@@ -378,17 +380,17 @@ class DatapathWorker:
             log.warning("%s: cannot publish status: %r", self.node, exc)
 
 
-def _observe_programming(events: Sequence[K8sEvent | None]) -> None:
+def _observe_programming(events: Sequence[Change | None]) -> None:
     """API change -> maps written on this node, per object (the watcher's clock vs ours)."""
     now = time.time()
     for event in events:
         if event is not None:
-            m.NETWORK_PROGRAMMING.observe(max(0.0, now - event.observed_at.timestamp()))
+            m.NETWORK_PROGRAMMING.observe(max(0.0, now - event.observed_at))
 
 
 def _annotate(
     spans: Sequence[Span],
-    events: Sequence[K8sEvent | None],
+    events: Sequence[Change | None],
     result: ApplyResult,
     maps: dict[str, int],
 ) -> None:
@@ -404,7 +406,7 @@ def _annotate(
             continue
         span.set_attribute("weir.object", f"{event.kind}/{event.namespace or '-'}/{event.name}")
         span.set_attribute("weir.op", event.op.value)
-        span.set_attribute("weir.network_programming_seconds", now - event.observed_at.timestamp())
+        span.set_attribute("weir.network_programming_seconds", now - event.observed_at)
         if result.errors:
             span.set_status(StatusCode.ERROR, result.errors[0].message)
 
@@ -425,7 +427,9 @@ def open_maps(settings: DatapathSettings) -> tuple[LBMap, Callable[[], None], di
     pin_dir = (
         Path(settings.pin_dir) if settings.pin_dir else loader.default_pin_dir(settings.node_name)
     )
-    version_dir = loader.install_in_child(pin_dir, Path(settings.cgroup))
+    version_dir = loader.install_in_child(  # hook: unknown service-CIDR addresses -> refused
+        pin_dir, Path(settings.cgroup), service_cidrs=settings.service_cidrs
+    )
     bpf_maps = BpfLBMap(version_dir)
     # the programs stay attached through their pinned links: closing only drops our fds
     return bpf_maps, bpf_maps.close, {"sock_lb": loader.DEFAULT_VERSION}
