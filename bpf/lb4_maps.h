@@ -13,6 +13,10 @@
  *   lb4_affinity   {client netns cookie, rev_nat_id} -> {backend_id, slot, last_used}   (LRU)
  *   lb4_sk_revnat  {socket cookie, backend ip, backend port} -> {vip, port, rev_nat_id} (LRU)
  *   lb4_counters   per-CPU counters, indexed by enum lb4_counter
+ *   lb4_service_ranges  LPM trie {prefixlen, addr} -> u8: the service CIDR(s). A connect or
+ *                  sendmsg to an address inside a range that has no lb4_services entry (a deleted
+ *                  Service, or a port the Service does not have) is refused with ECONNREFUSED,
+ *                  like kube-proxy's REJECT; written once at install time by the loader.
  *
  * Map accessors (.lookup, .update) must be used only in sock_lb.c itself: bcc rewrites them in
  * the main file, not in headers.
@@ -24,13 +28,15 @@
  * Settings come in as -D flags (the loader passes them; nothing here has a default so that the
  * sizes Python verifies can never silently differ from the sizes compiled in):
  *   PIN_DIR            bpffs directory holding the pins, e.g. "/sys/fs/bpf/weir/node-1/v1"
- *   LB4_SERVICES_MAX, LB4_BACKENDS_MAX, LB4_REVNAT_MAX, LB4_AFFINITY_MAX, LB4_SK_REVNAT_MAX
+ *   LB4_SERVICES_MAX, LB4_BACKENDS_MAX, LB4_REVNAT_MAX, LB4_AFFINITY_MAX, LB4_SK_REVNAT_MAX,
+ *   LB4_SERVICE_RANGES_MAX
  */
 #ifndef WEIR_LB4_MAPS_H
 #define WEIR_LB4_MAPS_H
 
 #if !defined(PIN_DIR) || !defined(LB4_SERVICES_MAX) || !defined(LB4_BACKENDS_MAX) || \
-	!defined(LB4_REVNAT_MAX) || !defined(LB4_AFFINITY_MAX) || !defined(LB4_SK_REVNAT_MAX)
+	!defined(LB4_REVNAT_MAX) || !defined(LB4_AFFINITY_MAX) || !defined(LB4_SK_REVNAT_MAX) || \
+	!defined(LB4_SERVICE_RANGES_MAX)
 #error "PIN_DIR and LB4_*_MAX must be passed as -D flags (see services/datapath/loader.py)"
 #endif
 
@@ -105,9 +111,14 @@ struct ipv4_revnat_entry {
 	__u32 rev_nat_index;
 };
 
+struct lb4_range_key {
+	__u32 prefixlen;  /* LPM: 0..32 bits of address that must match */
+	__be32 address;
+};
+
 enum lb4_counter {
 	CNT_TRANSLATED = 0,    /* connect/sendmsg rewritten to a backend */
-	CNT_REFUSED,           /* service with no backends: ECONNREFUSED */
+	CNT_REFUSED,           /* no backends, or no service in a service range: ECONNREFUSED */
 	CNT_BACKEND_MISSING,   /* a slot pointed at an id absent from lb4_backends (skipped) */
 	CNT_AFFINITY_HIT,      /* affinity entry reused */
 	CNT_AFFINITY_EXPIRED,  /* affinity entry older than the timeout: re-picked */
@@ -130,5 +141,8 @@ BPF_TABLE_PINNED("lru_hash", struct lb4_affinity_key, struct lb4_affinity_val, l
 BPF_TABLE_PINNED("lru_hash", struct ipv4_revnat_tuple, struct ipv4_revnat_entry, lb4_sk_revnat,
 		 LB4_SK_REVNAT_MAX, MAP_PIN("lb4_sk_revnat"));
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb4_counters, CNT_MAX, MAP_PIN("lb4_counters"));
+/* LPM tries require BPF_F_NO_PREALLOC */
+BPF_TABLE_PINNED("lpm_trie", struct lb4_range_key, __u8, lb4_service_ranges,
+		 LB4_SERVICE_RANGES_MAX, MAP_PIN("lb4_service_ranges"), LB4_NO_PREALLOC);
 
 #endif /* WEIR_LB4_MAPS_H */

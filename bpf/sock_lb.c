@@ -18,7 +18,10 @@
  *
  * Backend choice: the control plane writes only the backends to use (active ones, or the
  * terminating ones when none is active) into slots 1..count, so the datapath picks a random slot.
- * A master with count 0 refuses the connection with ECONNREFUSED without any packet leaving.
+ * A master with count 0 refuses the connection with ECONNREFUSED without any packet leaving;
+ * so does an address inside the configured service CIDR(s) with no service entry at all (a
+ * deleted Service, or a port it does not have): nothing else could answer there, and failing
+ * fast beats a connect that hangs until it times out.
  * Session affinity remembers {backend, slot} per client network namespace and service; the slot
  * lets us prove in O(1) that the backend is still a member before reusing it.
  */
@@ -125,8 +128,13 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 proto
 	key.dport = vport;
 	key.proto = proto;
 	svc = lb4_services.lookup(&key);
-	if (!svc)
+	if (!svc) {
+		struct lb4_range_key range = { .prefixlen = 32, .address = vip };
+
+		if (lb4_service_ranges.lookup(&range))
+			goto refuse; /* in the service CIDR, but no such service */
 		return SYS_PROCEED; /* not a service address */
+	}
 
 	/* Copy the master: the pointer is into a map the control plane may update under us. */
 	count = svc->count;

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from services.datapath.bpfsys import (
     BPF_F_NO_PREALLOC,
     MAP_TYPE_HASH,
+    MAP_TYPE_LPM_TRIE,
     MAP_TYPE_LRU_HASH,
     MAP_TYPE_PERCPU_ARRAY,
 )
@@ -31,6 +32,7 @@ from services.datapath.lbmap import (
     ServiceKey,
     ServiceValue,
 )
+from services.datapath.svcranges import MAP_SERVICE_RANGES, SERVICE_RANGES_MAX, Lb4RangeKey
 
 
 class Lb4Key(ctypes.Structure):
@@ -168,6 +170,15 @@ def map_specs(cap: MapCapacities) -> tuple[MapSpec, ...]:
             ctypes.c_uint64,
             len(COUNTERS),
             0,
+        ),
+        MapSpec(
+            MAP_SERVICE_RANGES,
+            "lb4_service_ranges",
+            MAP_TYPE_LPM_TRIE,
+            Lb4RangeKey,
+            ctypes.c_uint8,
+            SERVICE_RANGES_MAX,
+            nopre,
         ),
     )
 

@@ -11,8 +11,10 @@ naming the map and the entry; the batch reports how far it got, so the error is 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import ipaddress
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +50,7 @@ from services.datapath.lbmap import (
     ServiceKey,
     ServiceValue,
 )
+from services.datapath.svcranges import MAP_SERVICE_RANGES, decode_range, encode_range
 
 CHUNK = 4096  # entries per batch syscall
 _FULL = (errno.E2BIG, errno.ENOSPC)
@@ -59,6 +62,19 @@ def possible_cpus() -> int:
     """Per-CPU map values have one slot per *possible* CPU (not online)."""
     text = Path("/sys/devices/system/cpu/possible").read_text().strip()
     return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+
+
+def percpu_sum(fd: int, index: int, ncpu: int) -> int:
+    """One slot of a per-CPU u64 array, summed over the ``ncpu`` possible CPUs."""
+    per_cpu = (ctypes.c_uint64 * ncpu)()
+    bpfsys.map_lookup(fd, ctypes.c_uint32(index), per_cpu)
+    return sum(per_cpu)
+
+
+def percpu_counters(m: PinnedMap, names: Sequence[str]) -> dict[str, int]:
+    """A per-CPU u64 counter array whose slots are ``names`` (a C enum, in order), summed."""
+    ncpu = possible_cpus()
+    return {name: percpu_sum(m.fd, index, ncpu) for index, name in enumerate(names)}
 
 
 class PinnedMap:
@@ -85,7 +101,8 @@ class PinnedMap:
             os.close(self.fd)
             self.fd = -1
 
-    def _fail(self, exc: OSError, entry: object) -> MapError:
+    def error(self, exc: OSError, entry: object) -> MapError:
+        """The MapError (MapFullError when full) for a failed write of ``entry``."""
         kind = MapFullError if exc.errno in _FULL else MapError
         what = f"map full ({self.max_entries} entries)" if kind is MapFullError else exc.strerror
         return kind(self.spec.name, f"writing {entry!r}: {what}")
@@ -102,13 +119,13 @@ class PinnedMap:
                     continue
                 except OSError as exc:
                     if exc.errno not in _NO_BATCH:
-                        raise self._fail(exc, labels[start + exc.done]) from exc  # type: ignore[attr-defined]
+                        raise self.error(exc, labels[start + exc.done]) from exc  # type: ignore[attr-defined]
                     self.batch = False
             for i in range(start, start + n):
                 try:
                     bpfsys.map_update_at(self.fd, kbuf + i * ks, vbuf + i * vs)
                 except OSError as exc:
-                    raise self._fail(exc, labels[i]) from exc
+                    raise self.error(exc, labels[i]) from exc
 
     def delete_packed(self, packed: Packed, labels: Sequence[object]) -> None:
         """Delete packed keys; absent keys are skipped (deleting what is absent is no error)."""
@@ -127,13 +144,13 @@ class PinnedMap:
                 elif exc.errno in _NO_BATCH and done == 0:
                     self.batch = False
                 else:
-                    raise self._fail(exc, labels[pos + done]) from exc
+                    raise self.error(exc, labels[pos + done]) from exc
         for i in range(pos, packed.count):
             try:
                 bpfsys.map_delete_at(self.fd, kbuf + i * ks)
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
-                    raise self._fail(exc, labels[i]) from exc
+                    raise self.error(exc, labels[i]) from exc
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         """Every (key, value), read in batches (one pass, not a snapshot under writes)."""
@@ -258,21 +275,35 @@ class BpfLBMap:
         return state
 
     def fill(self) -> dict[str, tuple[int, int]]:
+        """The maps the control plane writes (not the counters, not the install-time ranges)."""
         return {
             name: (sum(1 for _ in m.views()), m.max_entries)
             for name, m in self.maps.items()
-            if name != MAP_COUNTERS
+            if name not in (MAP_COUNTERS, MAP_SERVICE_RANGES)
         }
 
-    # --- datapath counters -------------------------------------------------------------------
+    # --- datapath counters and install-time settings -----------------------------------------
 
     def counters(self) -> dict[str, int]:
         """The per-CPU event counters of bpf/sock_lb.c, summed over CPUs."""
-        ncpu = possible_cpus()
-        fd = self.maps[MAP_COUNTERS].fd
-        out: dict[str, int] = {}
-        for index, name in enumerate(COUNTERS):
-            per_cpu = (ctypes.c_uint64 * ncpu)()
-            bpfsys.map_lookup(fd, ctypes.c_uint32(index), per_cpu)
-            out[name] = sum(per_cpu)
-        return out
+        return percpu_counters(self.maps[MAP_COUNTERS], COUNTERS)
+
+    def service_ranges(self) -> list[ipaddress.IPv4Network]:
+        """The service CIDRs whose unknown addresses the programs refuse, sorted."""
+        return sorted(decode_range(k) for k, _v in self.maps[MAP_SERVICE_RANGES].items())
+
+    def set_service_ranges(self, nets: Iterable[ipaddress.IPv4Network]) -> None:
+        """Make the ranges exactly ``nets``: add the new ones first, then remove the others, so
+        a range kept across a restart never has a gap."""
+        m = self.maps[MAP_SERVICE_RANGES]
+        want = set(nets)
+        one = ctypes.c_uint8(1)
+        for net in sorted(want):
+            try:
+                bpfsys.map_update(m.fd, encode_range(net), one)
+            except OSError as exc:
+                raise m.error(exc, str(net)) from exc
+        for net in self.service_ranges():
+            if net not in want:
+                with contextlib.suppress(FileNotFoundError):
+                    bpfsys.map_delete(m.fd, encode_range(net))

@@ -39,7 +39,17 @@ LINK_DETACH = 34
 MAP_TYPE_HASH = 1
 MAP_TYPE_PERCPU_ARRAY = 6
 MAP_TYPE_LRU_HASH = 9
-MAP_TYPE_NAMES = {1: "hash", 2: "array", 5: "percpu_hash", 6: "percpu_array", 9: "lru_hash"}
+MAP_TYPE_LPM_TRIE = 11
+MAP_TYPE_RINGBUF = 27
+MAP_TYPE_NAMES = {
+    1: "hash",
+    2: "array",
+    5: "percpu_hash",
+    6: "percpu_array",
+    9: "lru_hash",
+    11: "lpm_trie",
+    27: "ringbuf",
+}
 
 BPF_F_NO_PREALLOC = 1
 BPF_ANY = 0

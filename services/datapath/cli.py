@@ -2,8 +2,13 @@
 
 Everything with behaviour lives in :mod:`services.datapath.worker`, which tests run in-process;
 this module maps options (each also a ``WEIR_*`` variable) onto :class:`DatapathSettings`, so
-bad values fail at start-up naming the option. bcc, NATS and the worker are imported inside the
-command so ``weir --help`` stays fast.
+bad values fail at start-up naming the option. The options every process shares (``--nats``,
+``--metrics-listen``, ``--log-*``) come from :mod:`services.common.cliopts`. bcc, NATS and the
+worker are imported inside the command so ``weir --help`` stays fast.
+
+``--service-cidr`` defaults to 10.96.0.0/12, Kubernetes' common default (kubeadm's
+``--service-cidr``); set it to the cluster's ``--service-cluster-ip-range``. A connect to an
+address inside it that no Service owns is refused with ECONNREFUSED.
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ from typing import Annotated
 
 import typer
 
+from services.common.cliopts import DEFAULT_NATS_URL, LogFormat, LogLevel, MetricsListen, NatsUrl
+from services.datapath.svcranges import DEFAULT_SERVICE_CIDRS
+
 
 def datapath_command(
     node: Annotated[
         str, typer.Option("--node", envvar="WEIR_NODE", help="Kubernetes node this worker serves.")
     ] = "",
-    nats: Annotated[
-        str, typer.Option("--nats", envvar="WEIR_NATS_URL", help="NATS URL(s), comma-separated.")
-    ] = "nats://127.0.0.1:4222",
+    nats: NatsUrl = DEFAULT_NATS_URL,
     cgroup: Annotated[
         str,
         typer.Option(
@@ -54,26 +60,25 @@ def datapath_command(
             help="Enforce NetworkPolicy (tc programs on pod veths) and publish flows.",
         ),
     ] = True,
-    metrics_listen: Annotated[
-        str,
-        typer.Option(
-            "--metrics-listen",
-            envvar="WEIR_METRICS_LISTEN",
-            help="HOST:PORT for /metrics /healthz /readyz; empty: off.",
-        ),
-    ] = "",
+    metrics_listen: MetricsListen = "",
     maps: Annotated[
         str,
         typer.Option(
             "--maps", envvar="WEIR_MAPS", help="bpf (real eBPF maps) or fake (in-memory, tests)."
         ),
     ] = "bpf",
-    log_level: Annotated[
-        str, typer.Option("--log-level", envvar="WEIR_LOG_LEVEL", help="Logging level.")
-    ] = "INFO",
-    log_format: Annotated[
-        str, typer.Option("--log-format", envvar="WEIR_LOG_FORMAT", help="text or json.")
-    ] = "text",
+    service_cidr: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--service-cidr",
+            envvar="WEIR_SERVICE_CIDR",
+            help="Service CIDR (repeatable; the variable takes a space-separated list): "
+            "connects to an address inside it that no Service owns are refused. "
+            f"Default: {' '.join(DEFAULT_SERVICE_CIDRS)} (Kubernetes' common default).",
+        ),
+    ] = None,
+    log_level: LogLevel = "INFO",
+    log_format: LogFormat = "text",
     uninstall: Annotated[
         bool,
         typer.Option(
@@ -89,9 +94,11 @@ def datapath_command(
 
     from services.common.logging import setup_logging  # noqa: PLC0415
     from services.common.tracing import setup_tracing  # noqa: PLC0415
+    from services.datapath.svcranges import parse_service_cidrs  # noqa: PLC0415
     from services.datapath.worker import DatapathSettings  # noqa: PLC0415
 
     try:
+        cidrs = parse_service_cidrs(service_cidr or DEFAULT_SERVICE_CIDRS)
         settings = DatapathSettings(
             node_name=node,
             nats_url=nats,
@@ -103,6 +110,7 @@ def datapath_command(
             maps=maps,
             log_level=log_level,
             log_format=log_format,
+            service_cidrs=tuple(str(c) for c in cidrs),
         )
         if settings.maps == "bpf" and not settings.cgroup and not uninstall:
             raise ValueError("--cgroup is required with --maps bpf")

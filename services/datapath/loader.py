@@ -12,7 +12,9 @@ Why it is shaped this way:
   its freshly loaded program with BPF_LINK_UPDATE, which is atomic: the hook is never empty, so
   connects never fail during a restart and nothing is attached twice. ``close()`` therefore only
   drops this process's handles; ``detach()`` is the explicit "remove Weir from this cgroup".
-* Settings reach the C code only as -D flags (pin directory and map sizes).
+* Settings reach the C code only as -D flags (pin directory and map sizes). The service CIDR(s)
+  (``lb4_service_ranges``: unknown addresses there are refused with ECONNREFUSED) are data, not
+  code: install writes them into the pinned map, replacing what a previous install wrote.
 * The worker runs this module as a short-lived child (``python -m services.datapath.loader``):
   bcc's LLVM keeps ~135 MB resident in whatever process compiled a program, and a worker lives
   for days. The child verifies, compiles, loads and (re-)attaches, then exits; the worker only
@@ -30,12 +32,15 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from services.datapath import bpfsys
 from services.datapath.bpflayout import MapCapacities, MapSpec, map_specs
 from services.datapath.bpfmaps import BpfLBMap
+from services.datapath.lbmap import MapError
+from services.datapath.svcranges import SERVICE_RANGES_MAX, parse_service_cidrs
 
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/weir")
 DEFAULT_VERSION = "v1"
@@ -112,6 +117,23 @@ def _fmt(field: str, value: int) -> str:
     return str(value)
 
 
+def check_compiled(bpf: Any, specs: Sequence[MapSpec], layout: str) -> None:
+    """Raise LoadError unless every map bcc compiled has the key/value sizes of its ctypes
+    mirror in ``layout`` (a module path, for the message): otherwise every decode is garbage.
+    Ring buffers have no key or value and are skipped."""
+    for spec in specs:
+        if spec.map_type == bpfsys.MAP_TYPE_RINGBUF:
+            continue
+        table = bpf[spec.pin.encode()]
+        leaf = getattr(table, "sLeaf", table.Leaf)  # per-CPU tables: the per-CPU element
+        sizes = (ctypes.sizeof(table.Key), ctypes.sizeof(leaf))
+        want = (ctypes.sizeof(spec.key), ctypes.sizeof(spec.value))
+        if sizes != want:
+            raise LoadError(
+                f"map {spec.pin}: compiled key/value sizes {sizes} differ from {layout} {want}"
+            )
+
+
 class SockLB:
     """The socket-level load balancer of one node: compile, load, attach, hand out the maps."""
 
@@ -122,9 +144,15 @@ class SockLB:
         *,
         version: str = DEFAULT_VERSION,
         bpf_dir: Path = BPF_DIR,
+        service_cidrs: Sequence[str] | None = None,
     ) -> None:
+        """``service_cidrs``: the ranges to refuse unknown addresses in, written by load();
+        None leaves the pinned ranges as they are (an empty sequence clears them)."""
         if not version or "/" in version or version.startswith("."):
             raise ValueError(f"SockLB.version: {version!r} is not a plain directory name")
+        self.service_ranges = (
+            None if service_cidrs is None else parse_service_cidrs(service_cidrs, "service_cidrs")
+        )
         self.capacities = capacities or MapCapacities()
         self.dir = Path(pin_dir) / version
         self.bpf_dir = bpf_dir
@@ -146,10 +174,12 @@ class SockLB:
             f"-DLB4_REVNAT_MAX={c.revnat}",
             f"-DLB4_AFFINITY_MAX={c.affinity}",
             f"-DLB4_SK_REVNAT_MAX={c.sk_revnat}",
+            f"-DLB4_SERVICE_RANGES_MAX={SERVICE_RANGES_MAX}",
         ]
 
     def load(self) -> None:
-        """Verify existing pins, compile, create/reuse the pinned maps, load the programs."""
+        """Verify existing pins, compile, create/reuse the pinned maps, load the programs, write
+        the service ranges (when given)."""
         import bcc  # noqa: PLC0415 - Debian's bcc; only the loader needs it
 
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -166,21 +196,14 @@ class SockLB:
         except Exception as exc:  # bcc raises bare Exception
             self.close()
             raise LoadError(f"loading {self.bpf_dir / 'sock_lb.c'}: {exc}") from exc
-        self._check_compiled()
-
-    def _check_compiled(self) -> None:
-        """The C structs and the ctypes mirrors must agree, or every decode would be garbage."""
-        for spec in self.specs:
-            table = self._bpf[spec.pin.encode()]
-            leaf = getattr(table, "sLeaf", table.Leaf)  # per-CPU tables: the per-CPU element
-            sizes = (ctypes.sizeof(table.Key), ctypes.sizeof(leaf))
-            want = (ctypes.sizeof(spec.key), ctypes.sizeof(spec.value))
-            if sizes != want:
-                self.close()
-                raise LoadError(
-                    f"map {spec.pin}: compiled key/value sizes {sizes} differ from "
-                    f"services/datapath/bpflayout.py {want}"
-                )
+        try:
+            check_compiled(self._bpf, self.specs, "services/datapath/bpflayout.py")
+        except LoadError:
+            self.close()
+            raise
+        if self.service_ranges is not None:
+            with self.maps() as maps:
+                maps.set_service_ranges(self.service_ranges)
 
     def maps(self) -> BpfLBMap:
         """A new handle on the pinned maps (the caller closes it)."""
@@ -264,9 +287,15 @@ def remove_pins(version_dir: Path) -> None:
         shutil.rmtree(version_dir)
 
 
-def install(pin_dir: Path, cgroup: Path, version: str = DEFAULT_VERSION) -> Path:
-    """Load and attach (or atomically re-point) the programs; returns the version directory."""
-    lb = SockLB(pin_dir, version=version)
+def install(
+    pin_dir: Path,
+    cgroup: Path,
+    version: str = DEFAULT_VERSION,
+    service_cidrs: Sequence[str] = (),
+) -> Path:
+    """Load and attach (or atomically re-point) the programs, with exactly ``service_cidrs`` as
+    the service ranges; returns the version directory."""
+    lb = SockLB(pin_dir, version=version, service_cidrs=service_cidrs)
     try:
         lb.load()
         lb.attach(cgroup)
@@ -293,11 +322,18 @@ def uninstall(pin_dir: Path, cgroup: Path | None = None) -> list[Path]:
     return removed
 
 
-def install_in_child(pin_dir: Path, cgroup: Path, version: str = DEFAULT_VERSION) -> Path:
+def install_in_child(
+    pin_dir: Path,
+    cgroup: Path,
+    version: str = DEFAULT_VERSION,
+    service_cidrs: Sequence[str] = (),
+) -> Path:
     """:func:`install` in a child process, so the caller never holds bcc's memory. Raises
     LoadError with the child's own error line (e.g. a PinMismatchError naming the map)."""
     cmd = [sys.executable, "-m", "services.datapath.loader", "install",
            "--pin-dir", str(pin_dir), "--cgroup", str(cgroup), "--version", version]  # fmt: skip
+    for cidr in service_cidrs:
+        cmd += ["--service-cidr", cidr]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
@@ -311,16 +347,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pin-dir", required=True)
     parser.add_argument("--cgroup", default="")
     parser.add_argument("--version", default=DEFAULT_VERSION)
+    parser.add_argument("--service-cidr", action="append", default=[], dest="service_cidrs")
     args = parser.parse_args(argv)
     cgroup = Path(args.cgroup) if args.cgroup else None
     try:
         if args.action == "install":
             if cgroup is None:
                 raise LoadError("install: --cgroup is required")
-            print(json.dumps({"dir": str(install(Path(args.pin_dir), cgroup, args.version))}))
+            where = install(Path(args.pin_dir), cgroup, args.version, args.service_cidrs)
+            print(json.dumps({"dir": str(where)}))
         else:
             print(json.dumps({"removed": [str(p) for p in uninstall(Path(args.pin_dir), cgroup)]}))
-    except (PinMismatchError, LoadError, OSError) as exc:
+    except (PinMismatchError, LoadError, MapError, OSError, ValueError) as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -15,7 +15,6 @@ Besides the PolicyMaps protocol this exposes what only the kernel has: the datap
 
 from __future__ import annotations
 
-import ctypes
 import errno
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from services.datapath import bpfsys
-from services.datapath.bpfmaps import PinnedMap, possible_cpus
-from services.datapath.lbmap import MapError, MapFullError
+from services.datapath.bpfmaps import PinnedMap, percpu_counters
+from services.datapath.bpfmaps import percpu_sum as percpu_sum  # noqa: PLC0414 - re-export
+from services.datapath.lbmap import MapError
 from services.datapath.policylayout import (
     MAP_CT,
     MAP_ENDPOINTS,
@@ -57,14 +57,7 @@ from services.datapath.policymap import (
 
 _ALLOW = PolicyRuleValue(flags=0)
 CHUNK = 4096  # entries per batch syscall
-_FULL = (errno.E2BIG, errno.ENOSPC)
 _NO_BATCH = (errno.EINVAL, 524, errno.EOPNOTSUPP)  # 524: the kernel's ENOTSUPP
-
-
-def _fail(m: PinnedMap, exc: OSError, entry: object) -> MapError:
-    if exc.errno in _FULL:
-        return MapFullError(m.spec.name, f"writing {entry!r}: map full ({m.max_entries} entries)")
-    return MapError(m.spec.name, f"writing {entry!r}: {exc.strerror}")
 
 
 def write(m: PinnedMap, pairs: Sequence[tuple[Any, Any]], labels: Sequence[object]) -> None:
@@ -79,13 +72,13 @@ def write(m: PinnedMap, pairs: Sequence[tuple[Any, Any]], labels: Sequence[objec
                 continue
             except OSError as exc:
                 if exc.errno not in _NO_BATCH:
-                    raise _fail(m, exc, labels[start + exc.done]) from exc  # type: ignore[attr-defined]
+                    raise m.error(exc, labels[start + exc.done]) from exc  # type: ignore[attr-defined]
                 m.batch = False
         for i, (key, value) in enumerate(part):
             try:
                 bpfsys.map_update(m.fd, key, value)
             except OSError as exc:
-                raise _fail(m, exc, labels[start + i]) from exc
+                raise m.error(exc, labels[start + i]) from exc
 
 
 def erase(m: PinnedMap, keys: Sequence[Any], labels: Sequence[object]) -> None:
@@ -103,13 +96,13 @@ def erase(m: PinnedMap, keys: Sequence[Any], labels: Sequence[object]) -> None:
             elif exc.errno in _NO_BATCH and done == 0:
                 m.batch = False
             else:
-                raise _fail(m, exc, labels[pos + done]) from exc
+                raise m.error(exc, labels[pos + done]) from exc
     for i in range(pos, len(keys)):
         try:
             bpfsys.map_delete(m.fd, keys[i])
         except OSError as exc:
             if exc.errno != errno.ENOENT:
-                raise _fail(m, exc, labels[i]) from exc
+                raise m.error(exc, labels[i]) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +197,7 @@ class BpfPolicyMaps:
 
     def counters(self) -> dict[str, int]:
         """The per-CPU counters of bpf/policy.c (enum policy_counter), summed over CPUs."""
-        fd, ncpu = self.maps[MAP_POLICY_COUNTERS].fd, possible_cpus()
-        return {name: percpu_sum(fd, i, ncpu) for i, name in enumerate(POLICY_COUNTERS)}
+        return percpu_counters(self.maps[MAP_POLICY_COUNTERS], POLICY_COUNTERS)
 
     def conntrack(self) -> list[CtFlow]:
         """Every conntrack entry (one pass; entries may expire or be evicted meanwhile)."""
@@ -236,13 +228,6 @@ class BpfPolicyMaps:
         keys = [k for k, _ in ct.items()]
         erase(ct, keys, keys)
         return len(keys)
-
-
-def percpu_sum(fd: int, index: int, ncpu: int) -> int:
-    """One slot of a per-CPU u64 array, summed over the ``ncpu`` possible CPUs."""
-    per_cpu = (ctypes.c_uint64 * ncpu)()
-    bpfsys.map_lookup(fd, ctypes.c_uint32(index), per_cpu)
-    return sum(per_cpu)
 
 
 def _ntohs(raw: int) -> int:

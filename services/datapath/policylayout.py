@@ -23,9 +23,11 @@ from services.datapath.bpflayout import EntryError, MapSpec
 from services.datapath.bpfsys import (
     BPF_F_NO_PREALLOC,
     MAP_TYPE_HASH,
+    MAP_TYPE_LPM_TRIE,
     MAP_TYPE_LRU_HASH,
     MAP_TYPE_PERCPU_ARRAY,
 )
+from services.datapath.bpfsys import MAP_TYPE_RINGBUF as MAP_TYPE_RINGBUF  # noqa: PLC0414 - re-export
 from services.datapath.policymap import (
     ANY_PROTO,
     CidrKey,
@@ -36,8 +38,6 @@ from services.datapath.policymap import (
     PolicyKey,
 )
 
-MAP_TYPE_LPM_TRIE = 11
-MAP_TYPE_RINGBUF = 27
 POLICY_FIXED_BITS = 80  # endpoint_id, peer_identity, direction, proto (bpf/policy_maps.h)
 PAGE_SIZE = 4096
 

@@ -24,7 +24,6 @@ Why it is shaped this way (the conventions of ``loader.SockLB``):
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,11 +35,11 @@ from services.datapath.loader import (
     DEFAULT_VERSION,
     LoadError,
     PinMismatchError,
+    check_compiled,
     verify_pins,
 )
 from services.datapath.policybpf import BpfPolicyMaps
 from services.datapath.policylayout import (
-    MAP_EVENTS,
     CtLifetimes,
     PolicyCapacities,
     policy_map_specs,
@@ -127,23 +126,11 @@ class PolicyLoader:
         except Exception as exc:  # bcc raises bare Exception
             self.close()
             raise LoadError(f"loading {src}: {exc}") from exc
-        self._check_compiled()
-
-    def _check_compiled(self) -> None:
-        """The C structs and the ctypes mirrors must agree, or every decode would be garbage."""
-        for spec in self.specs:
-            if spec.name == MAP_EVENTS:
-                continue  # a ring buffer has no key or value
-            table = self._bpf[spec.pin.encode()]
-            leaf = getattr(table, "sLeaf", table.Leaf)  # per-CPU tables: the per-CPU element
-            sizes = (ctypes.sizeof(table.Key), ctypes.sizeof(leaf))
-            want = (ctypes.sizeof(spec.key), ctypes.sizeof(spec.value))
-            if sizes != want:
-                self.close()
-                raise LoadError(
-                    f"map {spec.pin}: compiled key/value sizes {sizes} differ from "
-                    f"services/datapath/policylayout.py {want}"
-                )
+        try:
+            check_compiled(self._bpf, self.specs, "services/datapath/policylayout.py")
+        except LoadError:
+            self.close()
+            raise
 
     def maps(self) -> BpfPolicyMaps:
         """A new handle on the pinned maps (the caller closes it)."""

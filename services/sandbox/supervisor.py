@@ -233,6 +233,7 @@ class Supervisor:
             argv += ["--cgroup", str(sb.node_cgroup(node)), "--pin-dir", str(sb.node_pin_dir(node))]
             argv += ["--maps", cfg.datapath_maps]
             argv += ["--netns", sb.plan.node(node).netns]  # where the pods' veths are
+            argv += ["--service-cidr", str(sb.plan.service_cidr)]  # unknown ClusterIPs: refused
             self._child(f"datapath-{node}", argv, url)
         await self._start_controllers(kubeconfig)
 

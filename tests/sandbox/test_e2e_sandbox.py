@@ -262,12 +262,6 @@ async def run_changes(sandbox: Env, core: Any, prober: PodProber) -> None:
     assert after["ok"] == 10, after  # the other service is untouched
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a connect() to a ClusterIP without a Service is silently dropped (node blackhole "
-    "route), not refused: needs the datapath's connect4 to reject unknown VIPs of the service "
-    "CIDR with ECONNREFUSED (reported to the datapath area)",
-)
 async def test_deleted_service_is_refused(sandbox: Env) -> None:
     prober = await asyncio.to_thread(PodProber, sandbox)
     try:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from services.datapath import bpfsys
 from services.datapath.bpflayout import MapCapacities
 from services.datapath.bpfmaps import BpfLBMap
 from services.datapath.lbmap import (
@@ -119,6 +120,17 @@ def pin_root() -> Iterator[Path]:
             for version in path.iterdir():
                 remove_pins(version)
             shutil.rmtree(path, ignore_errors=True)
+
+
+def pin_handmade_map(path: Path, shape: tuple[int, int, int, int, int]) -> None:
+    """Pin a map of ``shape`` (type, key size, value size, max entries, flags) at ``path``, as
+    another build would have left it (for the pin-verification tests)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = bpfsys.map_create(*shape)
+    try:
+        bpfsys.obj_pin(fd, path)
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture(scope="module")

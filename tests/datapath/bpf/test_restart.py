@@ -22,6 +22,7 @@ from tests.datapath.bpf.conftest import (
     SMALL,
     client_cmd,
     make_cgroup,
+    pin_handmade_map,
     remove_cgroup,
     run_client,
 )
@@ -109,12 +110,7 @@ def test_pinned_map_with_other_max_entries_is_refused(pin_root: Path) -> None:
 
 def test_pinned_map_with_other_key_size_and_type_is_refused(pin_root: Path) -> None:
     version = pin_root / "handmade"
-    version.mkdir(parents=True)
-    fd = bpfsys.map_create(bpfsys.MAP_TYPE_LRU_HASH, 8, 8, SMALL.backends, 0)
-    try:
-        bpfsys.obj_pin(fd, version / "lb4_backends")
-    finally:
-        os.close(fd)
+    pin_handmade_map(version / "lb4_backends", (bpfsys.MAP_TYPE_LRU_HASH, 8, 8, SMALL.backends, 0))
     with pytest.raises(PinMismatchError) as info:
         SockLB(pin_root, SMALL, version="handmade").load()
     assert info.value.problems == [
