@@ -482,10 +482,10 @@ async def run_policy(
 
         maps, interfaces = FakePolicyMaps(), StaticInterfaces()
     else:
-        from services.datapath.policyloader import PolicyLoader  # noqa: PLC0415
+        from services.datapath.policyinstall import install_in_child  # noqa: PLC0415
 
-        loader = PolicyLoader(pin_dir)
-        await asyncio.to_thread(loader.load)
+        # compiled in a child: bcc's LLVM never enters this long-lived process
+        loader = await asyncio.to_thread(install_in_child, pin_dir)
         closers.append(loader.close)
         bpf_maps = loader.maps()
         closers.append(bpf_maps.close)
