@@ -25,8 +25,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from contracts.v1 import EndpointSlice, Identity, IPCacheEntry, K8sEvent, NetworkPolicy, Op, Pod
+from services.datapath.model import SliceView
 from services.datapath.policy_model import ClusterPod, LocalEndpoint, PolicyRef, container_ports
 from services.datapath.policymap import (
     CidrKey,
@@ -40,6 +42,33 @@ from services.datapath.policymap import (
 MAX_ENDPOINT_ID = 0xFFFF
 
 Ref = tuple[str, str]  # (namespace, name)
+
+
+class SliceIndex(NamedTuple):
+    """What naming a flow's Service needs of one EndpointSlice (the loop keeps these, not the
+    contract objects: at 100,000 endpoints those cost ~170 MB). Like the LB datapath, only an
+    endpoint's first address counts."""
+
+    service_name: str | None
+    ports: frozenset[tuple[int | None, str]]  # (port, protocol)
+    addresses: frozenset[str]
+
+    @classmethod
+    def of(cls, es: EndpointSlice) -> SliceIndex:
+        return cls(
+            es.service_name,
+            frozenset((p.port, p.protocol) for p in es.ports),
+            frozenset(ep.addresses[0] for ep in es.endpoints),
+        )
+
+    @classmethod
+    def of_view(cls, view: SliceView, service_name: str | None) -> SliceIndex:
+        """The same index from the datapath's decoded view (see services.datapath.decode)."""
+        return cls(
+            service_name,
+            frozenset((port, proto) for _name, proto, port in view.ports),
+            frozenset(ep.ip for ep in view.endpoints),
+        )
 
 
 def _ipv4(ips: list[str]) -> str | None:
@@ -73,7 +102,7 @@ class PolicyInputs:
 
     pods: dict[Ref, Pod] = field(default_factory=dict)
     policies: dict[Ref, NetworkPolicy] = field(default_factory=dict)
-    slices: dict[Ref, EndpointSlice] = field(default_factory=dict)
+    slices: dict[Ref, SliceIndex] = field(default_factory=dict)
     identities: dict[int, tuple[str, ...]] = field(default_factory=dict)
     ipcache: dict[str, IPCacheEntry] = field(default_factory=dict)
 
@@ -81,13 +110,14 @@ class PolicyInputs:
         """Apply one K8sEvent; False when its kind is not one the policy loop keeps."""
         ref = (event.namespace or "", event.name)
         obj = event.object if event.op is Op.UPSERT else None
-        table: dict[Ref, Pod] | dict[Ref, NetworkPolicy] | dict[Ref, EndpointSlice]
+        table: dict[Ref, Pod] | dict[Ref, NetworkPolicy]
         if event.kind == "pod":
             table = self.pods
         elif event.kind == "networkpolicy":
             table = self.policies
         elif event.kind == "endpointslice":
-            table = self.slices
+            self.absorb_slice(ref, SliceIndex.of(obj) if isinstance(obj, EndpointSlice) else None)
+            return True
         else:
             return False
         if obj is None:
@@ -95,6 +125,13 @@ class PolicyInputs:
         else:
             table[ref] = obj  # type: ignore[assignment]  # kind checked by K8sEvent
         return True
+
+    def absorb_slice(self, ref: Ref, index: SliceIndex | None) -> None:
+        """An EndpointSlice upsert (its index) or delete (None)."""
+        if index is None:
+            self.slices.pop(ref, None)
+        else:
+            self.slices[ref] = index
 
     def absorb_identity(self, identity: Identity) -> None:
         if identity.op is Op.DELETE:
@@ -142,9 +179,7 @@ class PolicyInputs:
         for (ns, _slice), eps in self.slices.items():
             if eps.service_name is None:
                 continue
-            if not any(p.port == port and p.protocol == protocol for p in eps.ports):
-                continue
-            if any(ip in ep.addresses for ep in eps.endpoints):
+            if (port, protocol) in eps.ports and ip in eps.addresses:
                 return ns, eps.service_name
         return None
 

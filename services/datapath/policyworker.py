@@ -56,15 +56,18 @@ from services.common import tracing
 from services.common.bus import Bus, Outgoing, last_per_subject, publish_batch
 from services.common.consume import DurableSpec
 from services.datapath import policy_sync_metrics as pm
+from services.datapath.decode import decode
 from services.datapath.flows import FlowNames, identity_labels
 from services.datapath.flows_pub import FlowPublisher, RingReader
 from services.datapath.lbmap import MapError, MapFullError
+from services.datapath.model import SliceView
 from services.datapath.policy import resolve
 from services.datapath.policy_cidr import CidrAllocator, CidrExhaustedError
 from services.datapath.policy_sync import (
     EndpointIds,
     EndpointIdsExhaustedError,
     PolicyInputs,
+    SliceIndex,
     apply_plan,
     local_endpoints,
     plan_writes,
@@ -77,6 +80,7 @@ log = logging.getLogger(__name__)
 K8S_KINDS = ("pod", "networkpolicy", "endpointslice")
 IDENTITY_FILTERS = (f"{PREFIX}.identity.>", f"{PREFIX}.ipcache.>")
 _IDENTITY_PREFIX = f"{PREFIX}.identity."
+_SLICE_PREFIX = f"{PREFIX}.k8s.endpointslice."
 
 
 class StatusHost(Protocol):
@@ -305,6 +309,14 @@ class PolicyWorker:
         self._seen[msg.subject] = seq
         stream = msg.metadata.stream
         try:
+            if stream == STREAM_K8S and msg.subject.startswith(_SLICE_PREFIX):
+                change = decode(msg.data)  # the fast path: 10,000s of slices at bootstrap
+                if change.subject() != msg.subject:
+                    raise ValueError(f"carries {change.subject()}")
+                view = change.obj if isinstance(change.obj, SliceView) else None
+                index = SliceIndex.of_view(view, change.owner) if view is not None else None
+                self.inputs.absorb_slice((change.namespace, change.name), index)
+                return f"endpointslice/{change.namespace}/{change.name}"
             if stream == STREAM_K8S:
                 event = K8sEvent.model_validate_json(msg.data)
                 if event.subject() != msg.subject:

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from contracts.v1 import K8sEvent, Op, to_event
+from contracts.v1 import EndpointSlice, K8sEvent, Op, to_event
 from services.datapath.decode import decode, decode_fast
-from services.datapath.model import Change, DesiredState
+from services.datapath.model import Change, DesiredState, SliceView
+from services.datapath.policy_sync import PolicyInputs, SliceIndex
 
 AT = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -217,3 +218,20 @@ def test_invalid_input_is_declined_and_rejected_naming_the_field(
 def test_not_json_is_rejected() -> None:
     with pytest.raises(ValidationError):
         decode(b"{not json")
+
+
+def test_policy_slice_index_from_view_equals_from_contract() -> None:
+    """The policy loop indexes decoded views; flow naming must see what the objects say."""
+    data = FAST["endpointslice"]
+    change = decode(data)
+    event = K8sEvent.model_validate_json(data)
+    assert isinstance(change.obj, SliceView) and isinstance(event.object, EndpointSlice)
+    index = SliceIndex.of_view(change.obj, change.owner)
+    assert index == SliceIndex.of(event.object)
+    inputs = PolicyInputs()
+    inputs.absorb_slice(("shop", "web-abc"), index)
+    assert inputs.service_of("10.0.0.2", 8080, "TCP") == ("shop", "web")
+    assert inputs.service_of("10.0.0.2", 8081, "TCP") is None
+    assert inputs.service_of("10.0.0.9", 8080, "TCP") is None
+    inputs.absorb_k8s(K8sEvent.model_validate_json(FAST["endpointslice delete"]))
+    assert inputs.service_of("10.0.0.2", 8080, "TCP") is None
