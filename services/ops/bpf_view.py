@@ -33,6 +33,18 @@ class MapName(StrEnum):
     AFFINITY = "affinity"
     SK_REVNAT = "sk_revnat"
     COUNTERS = "counters"
+    SERVICE_RANGES = "service_ranges"
+    # the policy program's maps (bpf/policy.c)
+    ENDPOINTS = "endpoints"
+    IPCACHE = "ipcache"
+    POLICY = "policy"
+    CT = "ct"
+    POLICY_COUNTERS = "policy_counters"
+
+
+POLICY_MAPS = frozenset(
+    {MapName.ENDPOINTS, MapName.IPCACHE, MapName.POLICY, MapName.CT, MapName.POLICY_COUNTERS}
+)
 
 
 def flag_names(flags: int) -> list[str]:
@@ -155,4 +167,5 @@ COLUMNS: dict[MapName, list[Column]] = {
         Column("rev_nat_id", "REVNAT", "right"),
     ],
     MapName.COUNTERS: [Column("counter", "COUNTER"), Column("value", "VALUE", "right")],
+    MapName.POLICY_COUNTERS: [Column("counter", "COUNTER"), Column("value", "VALUE", "right")],
 }

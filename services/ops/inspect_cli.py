@@ -75,10 +75,10 @@ NODE_COLUMNS = [
     Column("node", "NODE"),
     Column("applied_k8s", "APPLIED", "right"),
     Column("k8s_lag", "LAG", "right"),
-    Column("age", "LAST STATUS"),
+    Column("age", "AGE"),
     Column("maps_text", "MAPS"),
-    Column("programs", "PROGRAMS"),
-    Column("error_count", "ERRORS", "right"),
+    Column("programs_text", "PROGRAMS"),
+    Column("issues", "ISSUES"),
 ]
 STREAM_COLUMNS = [
     Column("name", "STREAM"),
@@ -98,15 +98,16 @@ ERROR_COLUMNS = [
 
 def render_status(doc: Doc, console: Console) -> None:
     from contracts.subjects import STREAM_K8S  # noqa: PLC0415
-    from services.ops.status_view import maps_cell  # noqa: PLC0415
+    from services.ops.status_view import issues_cell, maps_cell, programs_cell  # noqa: PLC0415
 
     nodes = [
         {
             **n,
             "applied_k8s": n["applied"].get(STREAM_K8S),
-            "age": age(n["age_seconds"]) + " ago",
+            "age": age(n["age_seconds"]),
             "maps_text": maps_cell(n["maps"]),
-            "error_count": len(n["errors"]),
+            "programs_text": programs_cell(n["programs"]),
+            "issues": issues_cell(n["errors"], n["flows"]),
         }
         for n in doc["nodes"]
     ]
@@ -308,7 +309,9 @@ def bpf_dump_command(
     map_name: Annotated[
         str,
         typer.Argument(
-            metavar="MAP", help="services | backends | revnat | affinity | sk_revnat | counters"
+            metavar="MAP",
+            help="services | backends | revnat | affinity | sk_revnat | counters | "
+            "service_ranges | endpoints | ipcache | policy | ct | policy_counters",
         ),
     ],
     node: Annotated[str, typer.Option("--node", envvar="WEIR_NODE", help="Node name.")],
@@ -325,7 +328,7 @@ def bpf_dump_command(
 ) -> None:
     """Decoded entries of one pinned map of a node (read directly, no worker needed)."""
     from services.ops import bpfread  # noqa: PLC0415
-    from services.ops.bpf_view import COLUMNS, MapName  # noqa: PLC0415
+    from services.ops.bpf_view import MapName  # noqa: PLC0415
     from services.ops.target import choose_pin_dir, running_sandbox  # noqa: PLC0415
 
     try:
@@ -343,6 +346,7 @@ def bpf_dump_command(
 
     def render(d: Doc, console: Console) -> None:
         title = f"{d['map']} on {d['node']} ({len(d['entries'])}/{d['capacity']}, {d['pin_dir']})"
-        console.print(table(title, COLUMNS[name], d["entries"]))
+        rows = bpfread.table_rows(name, d["entries"])
+        console.print(table(title, bpfread.columns(name), rows))
 
     _emit(doc, output, render)

@@ -10,12 +10,20 @@ does not report a stream has unknown lag (None), not zero.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from contracts.subjects import STREAM_K8S
 from contracts.v1 import NodeStatus, ValidationReport
+
+# The LB maps first, in the order a connect walks them, then the policy maps; others after.
+MAP_ORDER = ("services", "backends", "revnat", "affinity", "sk_revnat")
+POLICY_PREFIX = "policy_"
+SHOW_PERCENT = 50.0  # a fill worth a look; below it the percent is noise in the table
+# what services/datapath/policyworker.py puts in NodeStatus.errors when flow events were lost
+_FLOWS = re.compile(r"^flows: (\d+) events lost in the datapath, (\d+) dropped, (\d+) malformed$")
 
 
 def fill_percent(entries: int, capacity: int) -> float:
@@ -49,15 +57,53 @@ def node_row(status: NodeStatus, *, last: Mapping[str, int], now: datetime) -> d
         "age_seconds": round(max(0.0, (now - status.time).total_seconds()), 3),
         "maps": maps,
         "programs": dict(sorted(status.program_versions.items())),
+        "flows": flow_loss(status.errors),
         "errors": list(status.errors),
     }
 
 
+def flow_loss(errors: Sequence[str]) -> dict[str, int] | None:
+    """The node's flow-event loss counters (lost in the kernel's ring buffer, dropped by the
+    publisher, malformed), when it reported any; None when it did not."""
+    for line in errors:
+        found = _FLOWS.match(line)
+        if found:
+            lost, dropped, malformed = (int(g) for g in found.groups())
+            return {"lost": lost, "dropped": dropped, "malformed": malformed}
+    return None
+
+
+def _map_rank(name: str) -> tuple[int, int, str]:
+    if name in MAP_ORDER:
+        return (0, MAP_ORDER.index(name), name)
+    return (1 if name.startswith(POLICY_PREFIX) else 2, 0, name)
+
+
 def maps_cell(maps: Mapping[str, Mapping[str, Any]]) -> str:
-    """``services 12/1024 (1.2%)`` per map, one per line, for the nodes table."""
-    return "\n".join(
-        f"{name} {m['entries']}/{m['capacity']} ({m['percent']:.1f}%)" for name, m in maps.items()
-    )
+    """``services 12/262144`` per map, one per line, LB maps first, then the policy maps
+    without their ``policy_`` prefix; the percent only from SHOW_PERCENT on, so the nodes table
+    stays readable at 100 columns."""
+    lines = []
+    for name in sorted(maps, key=_map_rank):
+        m = maps[name]
+        short = name.removeprefix(POLICY_PREFIX)
+        text = f"{short} {m['entries']}/{m['capacity']}"
+        if m["percent"] >= SHOW_PERCENT:
+            text += f" {m['percent']:.0f}%"
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def programs_cell(programs: Mapping[str, str]) -> str:
+    return "\n".join(f"{name} {version}" for name, version in programs.items())
+
+
+def issues_cell(errors: Sequence[str], flows: Mapping[str, int] | None) -> str:
+    """``-`` for a healthy node, else ``errors N`` and the non-zero flow-event loss counters
+    (``lost``, ``dropped``, ``malformed``), one per line."""
+    lines = [f"errors {len(errors)}"] if errors else []
+    lines += [f"{what} {n}" for what, n in (flows or {}).items() if n]
+    return "\n".join(lines) or "-"
 
 
 def error_row(subject: str, report: ValidationReport) -> dict[str, Any]:

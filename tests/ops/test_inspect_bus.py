@@ -154,7 +154,7 @@ async def test_status_lag_counts_only_datapath_subjects(bus: Bus, nats_server: N
 
     table = await weir("status", "--nats", nats_server.url)
     assert table.exit_code == 0, table.output
-    assert "node2" in table.output and "12.5%" in table.output
+    assert "node2" in table.output and "backends 1/8" in table.output
     assert "converged: no (lagging: node2)" in table.output
     assert "spec.ports[0].port" in table.output
 

@@ -332,3 +332,92 @@ def test_running_sandbox_needs_a_live_supervisor(tmp_path: Path) -> None:
     assert target.running_sandbox(tmp_path) is None
     (tmp_path / "s4" / "status.json").write_text("{not json")
     assert target.running_sandbox(tmp_path) is None
+
+
+FLOW_LOSS = "flows: 17 events lost in the datapath, 2 dropped, 0 malformed"  # policyworker's line
+
+
+def busy_node(name: str, errors: list[str]) -> NodeStatus:
+    fills = {
+        "policy_rules": (14, 262144),
+        "sk_revnat": (12, 65536),
+        "services": (250000, 262144),
+        "policy_endpoints": (3, 4096),
+        "backends": (99999, 131072),
+        "revnat": (4, 65536),
+        "affinity": (0, 65536),
+        "policy_ipcache": (9, 262144),
+    }
+    return NodeStatus(
+        node=name,
+        applied={STREAM_K8S: 10, STREAM_IDENTITY: 3},
+        maps={k: MapFill(entries=e, capacity=c) for k, (e, c) in fills.items()},
+        program_versions={"sock_lb": "v1", "policy": "v1"},
+        errors=errors,
+        time=NOW,
+    )
+
+
+def test_maps_cell_orders_lb_then_policy_and_shows_only_high_fill() -> None:
+    row = status_view.node_row(busy_node("n1", []), last={STREAM_K8S: 10}, now=NOW)
+    assert status_view.maps_cell(row["maps"]).splitlines() == [
+        "services 250000/262144 95%",
+        "backends 99999/131072 76%",
+        "revnat 4/65536",
+        "affinity 0/65536",
+        "sk_revnat 12/65536",
+        "endpoints 3/4096",
+        "ipcache 9/262144",
+        "rules 14/262144",
+    ]
+    assert status_view.programs_cell(row["programs"]) == "policy v1\nsock_lb v1"
+
+
+@pytest.mark.parametrize(
+    ("errors", "want", "cell"),
+    [
+        ([], None, "-"),
+        (["service a/b: bad"], None, "errors 1"),
+        (
+            ["x", FLOW_LOSS],
+            {"lost": 17, "dropped": 2, "malformed": 0},
+            "errors 2\nlost 17\ndropped 2",
+        ),
+        (
+            ["flows: 0 events lost in the datapath, 0 dropped, 3 malformed"],
+            {"lost": 0, "dropped": 0, "malformed": 3},
+            "errors 1\nmalformed 3",
+        ),
+    ],
+)
+def test_flow_loss(errors: list[str], want: dict[str, int] | None, cell: str) -> None:
+    row = status_view.node_row(busy_node("n1", errors), last={STREAM_K8S: 10}, now=NOW)
+    assert row["flows"] == want
+    assert status_view.issues_cell(row["errors"], row["flows"]) == cell
+
+
+def test_status_table_fits_100_columns() -> None:
+    from rich.console import Console  # noqa: PLC0415
+
+    from services.ops.inspect_cli import render_status  # noqa: PLC0415
+
+    doc = status_view.report(
+        nats_url="nats://127.0.0.1:4222",
+        statuses=[busy_node("sandbox-node-1", [FLOW_LOSS]), busy_node("sandbox-node-2", [])],
+        last={STREAM_K8S: 12, STREAM_IDENTITY: 3},
+        now=NOW,
+        identities=5,
+        services=3,
+        errors=[],
+        streams=[],
+        problems=[],
+    )
+    console = Console(width=100, record=True)
+    render_status(doc, console)
+    text = console.export_text()
+    nodes_table = text.split("services: 3")[0]
+    assert max(len(line.rstrip()) for line in nodes_table.splitlines()) <= 100
+    # every map cell is on one line (no wrapping inside a cell): 8 maps per node
+    assert nodes_table.count("services 250000/262144 95%") == 2
+    assert nodes_table.count("rules 14/262144") == 2
+    assert "lost 17" in nodes_table and "sandbox-node-1" in nodes_table
