@@ -61,11 +61,14 @@ class DurableSpec:
     max_ack_pending: int = 1024
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL
     opt_start_seq: int | None = None
+    # ALL: one ack covers every earlier message of the consumer (batch consumers that apply a
+    # whole fetch at once ack only its last message); EXPLICIT: one ack per message
+    ack_policy: AckPolicy = AckPolicy.EXPLICIT
 
     def config(self) -> ConsumerConfig:
         cfg = ConsumerConfig(
             durable_name=self.durable,
-            ack_policy=AckPolicy.EXPLICIT,
+            ack_policy=self.ack_policy,
             ack_wait=self.ack_wait,
             max_deliver=-1,  # we terminate explicitly (and count it) in failure_action
             max_ack_pending=self.max_ack_pending,
