@@ -271,6 +271,32 @@ async def test_deleted_service_is_refused(sandbox: Env) -> None:
     assert result["errors"] == {"ECONNREFUSED": 1}, result
 
 
+async def test_replay_reproduces_every_nodes_live_maps(sandbox: Env) -> None:
+    """`weir replay` over the sandbox's whole history (after the changes of the tests above)
+    ends in the same service maps as each node's live, pinned eBPF maps. Backend and reverse-NAT
+    ids depend on how a node batched its changes, so frontends are compared with their resolved
+    backends (``render.resolved``), not by id."""
+    import nats  # noqa: PLC0415
+
+    from services.datapath.bpfmaps import BpfLBMap  # noqa: PLC0415
+    from services.datapath.render import resolved  # noqa: PLC0415
+    from services.ops.replay_cli import replay  # noqa: PLC0415
+    from services.ops.replay_source import Window  # noqa: PLC0415
+
+    nodes = tuple(row.name for row in sandbox.status.nodes)
+    nc = await nats.connect(sandbox.status.nats_url)
+    try:
+        result = await replay(nc.jetstream(), window=Window(), nodes=nodes)
+    finally:
+        await nc.close()
+    for row in sandbox.status.nodes:
+        with BpfLBMap(Path(row.pin_dir) / "v1") as live:
+            live_view = resolved(live.dump())
+        replayed = resolved(result.model.nodes[row.name].maps.dump())
+        assert replayed == live_view, row.name
+        assert live_view, f"{row.name}: no services programmed"
+
+
 def test_down_leaves_nothing_behind(sandbox: Env) -> None:
     pids = [p.pid for p in sandbox.status.processes]
     done = sandbox.cli("down")
