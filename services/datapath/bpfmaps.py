@@ -18,7 +18,7 @@ import ipaddress
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from services.datapath import bpfsys
 from services.datapath.bpflayout import (
@@ -217,12 +217,11 @@ def _view(buf: bytearray) -> int:
     return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
 
 
-class BpfLBMap:
-    """LBMap on the pinned maps under ``pin_dir`` (the versioned directory, e.g. .../node/v1)."""
+class PinnedMaps:
+    """A set of pinned maps opened by spec (all or none); ``close()`` drops every fd."""
 
-    def __init__(self, pin_dir: Path, capacities: MapCapacities | None = None) -> None:
+    def __init__(self, pin_dir: Path, specs: Iterable[MapSpec]) -> None:
         self.pin_dir = Path(pin_dir)
-        specs = map_specs(capacities or MapCapacities())
         self.maps: dict[str, PinnedMap] = {}
         try:
             for spec in specs:
@@ -235,11 +234,18 @@ class BpfLBMap:
         for m in self.maps.values():
             m.close()
 
-    def __enter__(self) -> BpfLBMap:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class BpfLBMap(PinnedMaps):
+    """LBMap on the pinned maps under ``pin_dir`` (the versioned directory, e.g. .../node/v1)."""
+
+    def __init__(self, pin_dir: Path, capacities: MapCapacities | None = None) -> None:
+        super().__init__(pin_dir, map_specs(capacities or MapCapacities()))
 
     # --- LBMap -----------------------------------------------------------------------------
 

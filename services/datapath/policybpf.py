@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from services.datapath import bpfsys
-from services.datapath.bpfmaps import PinnedMap, percpu_counters
+from services.datapath.bpfmaps import PinnedMap, PinnedMaps, percpu_counters
 from services.datapath.bpfmaps import percpu_sum as percpu_sum  # noqa: PLC0414 - re-export
-from services.datapath.lbmap import MapError
 from services.datapath.policylayout import (
     MAP_CT,
     MAP_ENDPOINTS,
@@ -123,29 +122,13 @@ class CtFlow:
     tcp_flags: int
 
 
-class BpfPolicyMaps:
+class BpfPolicyMaps(PinnedMaps):
     """PolicyMaps on the pinned maps under ``pin_dir`` (the versioned directory, .../node/v1)."""
 
     def __init__(self, pin_dir: Path, capacities: PolicyCapacities | None = None) -> None:
-        self.pin_dir = Path(pin_dir)
-        self.maps: dict[str, PinnedMap] = {}
-        try:
-            for spec in policy_map_specs(capacities or PolicyCapacities()):
-                if spec.name != MAP_EVENTS:  # the ring buffer belongs to flowevents
-                    self.maps[spec.name] = PinnedMap.open(self.pin_dir, spec)
-        except MapError:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        for m in self.maps.values():
-            m.close()
-
-    def __enter__(self) -> BpfPolicyMaps:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        specs = policy_map_specs(capacities or PolicyCapacities())
+        # the ring buffer belongs to flowevents
+        super().__init__(pin_dir, (spec for spec in specs if spec.name != MAP_EVENTS))
 
     # --- PolicyMaps ----------------------------------------------------------------------------
 
