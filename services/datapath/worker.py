@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -398,17 +398,21 @@ def _annotate(
 ) -> None:
     """Trace attributes of one applied batch on each message's span."""
     now = time.time()
+    shared: dict[str, Any] = {
+        "weir.entries_written": result.writes,
+        "weir.maps_touched": list(maps),
+    }
+    shared.update({f"weir.map.{name}.entries_written": n for name, n in maps.items()})
     for span, event in zip(spans, events, strict=True):
-        span.set_attribute("weir.entries_written", result.writes)
-        span.set_attribute("weir.maps_touched", list(maps))
-        for name, count in maps.items():
-            span.set_attribute(f"weir.map.{name}.entries_written", count)
-        if event is None:
-            span.set_attribute("weir.skipped", True)
+        if event is None:  # one set_attributes per span: each call takes the span's lock
+            span.set_attributes({**shared, "weir.skipped": True})
             continue
-        span.set_attribute("weir.object", f"{event.kind}/{event.namespace or '-'}/{event.name}")
-        span.set_attribute("weir.op", event.op.value)
-        span.set_attribute("weir.network_programming_seconds", now - event.observed_at)
+        span.set_attributes({
+            **shared,
+            "weir.object": f"{event.kind}/{event.namespace or '-'}/{event.name}",
+            "weir.op": event.op.value,
+            "weir.network_programming_seconds": now - event.observed_at,
+        })  # fmt: skip
         if result.errors:
             span.set_status(StatusCode.ERROR, result.errors[0].message)
 
