@@ -110,6 +110,9 @@ class NatsServer:
     def _spawn(self) -> None:
         cmd = [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port)]
         cmd += ["-sd", str(self.store_dir), "-l", str(self.log_file)]
+        setpriv = shutil.which("setpriv")
+        if setpriv:  # the kernel kills the server when the test process dies, even by SIGKILL
+            cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]
         self._proc = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
