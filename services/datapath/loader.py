@@ -34,7 +34,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from services.datapath import bpfsys
 from services.datapath.bpflayout import MapCapacities, MapSpec, map_specs
@@ -134,7 +134,40 @@ def check_compiled(bpf: Any, specs: Sequence[MapSpec], layout: str) -> None:
             )
 
 
-class SockLB:
+class BccPrograms:
+    """What a loader holds while its programs are loaded: the bcc object and the program fds.
+
+    Shared by the socket LB (:class:`SockLB`) and the policy programs
+    (``policyloader.PolicyLoader``). Closing drops only this process's handles: the pinned maps,
+    the pinned links and the tc filters keep the programs running.
+    """
+
+    def __init__(self, pin_dir: Path, version: str, bpf_dir: Path) -> None:
+        if not version or "/" in version or version.startswith("."):
+            raise ValueError(
+                f"{type(self).__name__}.version: {version!r} is not a plain directory name"
+            )
+        self.dir = Path(pin_dir) / version
+        self.bpf_dir = bpf_dir
+        self._bpf: Any = None
+        self._progs: dict[str, int] = {}  # program name -> prog fd (owned by the bcc object)
+
+    def close(self) -> None:
+        """Drop this process's handles. Attachments and maps stay (they are pinned)."""
+        if self._bpf is not None:
+            with contextlib.suppress(Exception):
+                self._bpf.cleanup()
+            self._bpf = None
+        self._progs.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SockLB(BccPrograms):
     """The socket-level load balancer of one node: compile, load, attach, hand out the maps."""
 
     def __init__(
@@ -148,17 +181,12 @@ class SockLB:
     ) -> None:
         """``service_cidrs``: the ranges to refuse unknown addresses in, written by load();
         None leaves the pinned ranges as they are (an empty sequence clears them)."""
-        if not version or "/" in version or version.startswith("."):
-            raise ValueError(f"SockLB.version: {version!r} is not a plain directory name")
+        super().__init__(pin_dir, version, bpf_dir)
         self.service_ranges = (
             None if service_cidrs is None else parse_service_cidrs(service_cidrs, "service_cidrs")
         )
         self.capacities = capacities or MapCapacities()
-        self.dir = Path(pin_dir) / version
-        self.bpf_dir = bpf_dir
         self.specs = map_specs(self.capacities)
-        self._bpf: Any = None
-        self._progs: dict[str, int] = {}  # short name -> prog fd (owned by the bcc object)
 
     @property
     def links_dir(self) -> Path:
@@ -249,20 +277,6 @@ class SockLB:
         """Remove the programs from ``cgroup`` (every cgroup when None) and unpin their links."""
         prefix = f"cg{os.stat(cgroup).st_ino}_" if cgroup is not None else "cg"
         detach_links(self.links_dir, prefix)
-
-    def close(self) -> None:
-        """Drop this process's handles. Attachments and maps stay (they are pinned)."""
-        if self._bpf is not None:
-            with contextlib.suppress(Exception):
-                self._bpf.cleanup()
-            self._bpf = None
-        self._progs.clear()
-
-    def __enter__(self) -> SockLB:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def detach_links(links_dir: Path, prefix: str = "cg") -> None:

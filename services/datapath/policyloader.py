@@ -33,6 +33,7 @@ from typing import Any
 from services.datapath.loader import (
     BPF_DIR,
     DEFAULT_VERSION,
+    BccPrograms,
     LoadError,
     PinMismatchError,
     check_compiled,
@@ -75,7 +76,7 @@ class Attachment:
     name: str  # filter name, FILTER_PREFIX-...
 
 
-class PolicyLoader:
+class PolicyLoader(BccPrograms):
     """The policy programs of one node: compile, load, hand out the maps, attach to veths."""
 
     def __init__(
@@ -87,15 +88,10 @@ class PolicyLoader:
         version: str = DEFAULT_VERSION,
         bpf_dir: Path = BPF_DIR,
     ) -> None:
-        if not version or "/" in version or version.startswith("."):
-            raise ValueError(f"PolicyLoader.version: {version!r} is not a plain directory name")
+        super().__init__(pin_dir, version, bpf_dir)
         self.capacities = capacities or PolicyCapacities()
         self.lifetimes = lifetimes or CtLifetimes()
-        self.dir = Path(pin_dir) / version
-        self.bpf_dir = bpf_dir
         self.specs = policy_map_specs(self.capacities)
-        self._bpf: Any = None
-        self._progs: dict[str, int] = {}  # function name -> prog fd (owned by the bcc object)
 
     def cflags(self) -> list[str]:
         c, t = self.capacities, self.lifetimes
@@ -172,20 +168,6 @@ class PolicyLoader:
                 except Exception as exc:
                     raise AttachError(_where(interface, netns, f"attaching {name}: {exc}")) from exc
         return ifindex
-
-    def close(self) -> None:
-        """Drop this process's handles. Filters and maps stay (they hold the programs)."""
-        if self._bpf is not None:
-            with contextlib.suppress(Exception):
-                self._bpf.cleanup()
-            self._bpf = None
-        self._progs.clear()
-
-    def __enter__(self) -> PolicyLoader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def detach(interface: str | int, netns: str | None = None) -> None:
