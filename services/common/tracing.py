@@ -7,6 +7,13 @@ the standard ``OTEL_*`` variables. Every message carries ``traceparent``/``trace
 is both a child of the producer's context (one trace per change, end to end) and linked to it
 (what the messaging semantic conventions ask for when a consumer may batch).
 
+Cost, because consumer spans are per message on the hot path: with no SDK provider installed
+(:func:`setup_tracing` installs one only when an exporter is configured) :func:`start_consumer_span`
+returns one cached non-recording span without reading the headers, and producers inject nothing.
+When tracing is on, the ``traceparent`` header is parsed by a small strict parser (the common
+case: W3C version 00, no ``tracestate``/``baggage``); anything else goes through
+``propagate.extract``, so the configured propagators still decide every other case.
+
 Span names follow ``"{operation} {destination}"`` with a low-cardinality destination: the subject
 with its per-object tokens replaced by ``*`` (see :func:`subject_template`); the full subject is in
 ``messaging.destination.name``.
@@ -15,13 +22,24 @@ with its per-object tokens replaced by ``*`` (see :func:`subject_template`); the
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    Link,
+    NonRecordingSpan,
+    NoOpTracerProvider,
+    ProxyTracerProvider,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+)
 
 TRACER_NAME = "weir"
 SYSTEM = "nats"
@@ -58,9 +76,42 @@ def inject(
     return carrier
 
 
+# W3C trace context, version 00, lower-case hex (what every Weir producer sends)
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_SLOW_HEADERS = ("tracestate", "baggage")
+
+
+def parse_traceparent(value: str) -> SpanContext | None:
+    """The remote span context of a version-00 ``traceparent``; None when it is not one (the
+    caller falls back to the configured propagators) or names an all-zero trace or span."""
+    match = _TRACEPARENT.fullmatch(value)
+    if match is None:
+        return None
+    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    if not trace_id or not span_id:
+        return None
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match[3], 16)))
+
+
 def extract(headers: Mapping[str, str] | None) -> Context:
     """The trace context carried in message headers (an empty context when there is none)."""
+    if headers:
+        value = headers.get("traceparent")
+        if value is not None and not any(h in headers for h in _SLOW_HEADERS):
+            parent = parse_traceparent(value)
+            if parent is not None:
+                return trace.set_span_in_context(NonRecordingSpan(parent))
     return propagate.extract(dict(headers or {}))
+
+
+def is_recording_provider(provider: object) -> bool:
+    """False for the API's default (proxy) and no-op providers: spans would go nowhere."""
+    return not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
+
+
+def enabled() -> bool:
+    """Whether a real (SDK) tracer provider is installed globally, i.e. spans are recorded."""
+    return is_recording_provider(trace.get_tracer_provider())
 
 
 _TRACER: trace.Tracer | None = None
@@ -78,6 +129,8 @@ def _tracer() -> trace.Tracer:
 
 def start_producer_span(subject: str, msg_id: str | None = None) -> Span:
     """Start (not activate) a PRODUCER span ``publish <template>``; the caller must end it."""
+    if not enabled():
+        return INVALID_SPAN
     attributes: dict[str, Any] = {
         "messaging.system": SYSTEM,
         "messaging.operation.name": "publish",
@@ -100,6 +153,8 @@ def producer_span(subject: str, msg_id: str | None = None) -> Iterator[Span]:
 
 def inject_span(headers: Mapping[str, str] | None, span: Span) -> dict[str, str]:
     """A copy of ``headers`` carrying ``span`` as the parent for consumers."""
+    if not span.get_span_context().is_valid:  # tracing off: nothing to carry
+        return dict(headers or {})
     return inject(headers, context=trace.set_span_in_context(span))
 
 
@@ -123,16 +178,19 @@ def start_consumer_span(
     message gets its own span, child of and linked to its producer's context, open from when the
     batch is absorbed until it is acked, so each change's trace shows that node's work.
     """
+    if not enabled():
+        return INVALID_SPAN  # nothing records: skip the header parsing and the attributes
     headers = msg.headers or {}
     parent = extract(headers)
     producer_ctx = trace.get_current_span(parent).get_span_context()
     links = [Link(producer_ctx)] if producer_ctx.is_valid else []
+    template = subject_template(msg.subject)
     attrs: dict[str, Any] = {
         "messaging.system": SYSTEM,
         "messaging.operation.name": operation,
         "messaging.operation.type": "process",
         "messaging.destination.name": msg.subject,
-        "messaging.destination.template": subject_template(msg.subject),
+        "messaging.destination.template": template,
     }
     msg_id = headers.get("Nats-Msg-Id")
     if msg_id:
@@ -142,11 +200,12 @@ def start_consumer_span(
         attrs[ATTR_STREAM] = stream
     if seq is not None:
         attrs[ATTR_STREAM_SEQUENCE] = seq
-    attrs.update(attributes or {})
-    name = f"{operation} {subject_template(msg.subject)}"
+    if attributes:
+        attrs.update(attributes)
     return _tracer().start_span(
-        name, context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attrs
-    )
+        f"{operation} {template}", context=parent, kind=SpanKind.CONSUMER, links=links,
+        attributes=attrs,
+    )  # fmt: skip
 
 
 @contextmanager
@@ -167,7 +226,9 @@ def setup_tracing(
 
     Exporters: OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces-specific variable)
     is set; a JSON-lines file when ``trace_file`` or ``WEIR_TRACE_FILE`` is set. With neither,
-    spans are still created (context still propagates) but not exported. ``OTEL_SDK_DISABLED``,
+    the provider is returned but not installed globally: spans would be created for nothing
+    (per message, on the hot path), so the process runs on the API's no-op tracer instead
+    (consumer spans are skipped and producers add no ``traceparent``). ``OTEL_SDK_DISABLED``,
     ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES`` and the sampler variables are honoured by
     the SDK itself.
     """
@@ -196,6 +257,6 @@ def setup_tracing(
     path = trace_file or os.environ.get("WEIR_TRACE_FILE")
     if path:
         provider.add_span_processor(BatchSpanProcessor(JsonLinesSpanExporter(path)))
-    if set_global:
+    if set_global and (endpoint or path):
         trace.set_tracer_provider(provider)
     return provider

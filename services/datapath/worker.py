@@ -273,7 +273,9 @@ class DatapathWorker:
             changed = self.model.flush()
             self.writes.take()
             result = await self._apply(changed, "incremental")
-            _annotate(spans, events, result, self.writes.take())
+            maps = self.writes.take()
+            if tracing.enabled():  # no exporter: the spans are no-ops, skip building attributes
+                _annotate(spans, events, result, maps)
             if result.errors and not result.full:
                 for msg in msgs:
                     with contextlib.suppress(Exception):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from nats.aio.msg import Msg
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -114,3 +114,97 @@ def test_setup_tracing_writes_json_lines(tmp_path: Path, monkeypatch: pytest.Mon
     assert child["kind"] == "INTERNAL"
     assert par["start_time_unix_nano"] <= child["start_time_unix_nano"]
     assert child["end_time_unix_nano"] <= par["end_time_unix_nano"]
+
+
+def test_parse_traceparent_is_strict() -> None:
+    tid, sid = 0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7
+    ctx = tracing.parse_traceparent(f"00-{tid:032x}-{sid:016x}-01")
+    assert ctx is not None
+    assert (ctx.trace_id, ctx.span_id, int(ctx.trace_flags), ctx.is_remote) == (tid, sid, 1, True)
+    for bad in (
+        f"00-{tid:032X}-{sid:016x}-01",  # upper case: the propagator decides
+        f"ff-{tid:032x}-{sid:016x}-01",  # unknown version
+        f"00-{tid:032x}-{sid:016x}-01-extra",
+        f"00-{0:032x}-{sid:016x}-01",  # all-zero trace id
+        f"00-{tid:032x}-{0:016x}-01",  # all-zero span id
+        "garbage",
+        "",
+    ):
+        assert tracing.parse_traceparent(bad) is None, bad
+
+
+def test_extract_fast_path_matches_the_propagator() -> None:
+    tid, sid = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
+    headers = {"traceparent": f"00-{tid:032x}-{sid:016x}-01", "Nats-Msg-Id": "x"}
+    fast = trace.get_current_span(tracing.extract(headers)).get_span_context()
+    slow = trace.get_current_span(propagate.extract(headers)).get_span_context()
+    assert fast == slow and fast.trace_id == tid and fast.span_id == sid
+    # tracestate present: the configured propagators handle it (and keep it)
+    headers["tracestate"] = "vendor=abc"
+    ctx = trace.get_current_span(tracing.extract(headers)).get_span_context()
+    assert ctx.trace_id == tid and ctx.trace_state.get("vendor") == "abc"
+    # malformed: same answer as the propagator (an invalid context)
+    bad = {"traceparent": "00-xyz"}
+    assert not trace.get_current_span(tracing.extract(bad)).get_span_context().is_valid
+
+
+def test_recording_provider_detection() -> None:
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+
+    assert not tracing.is_recording_provider(trace.ProxyTracerProvider())
+    assert not tracing.is_recording_provider(trace.NoOpTracerProvider())
+    assert tracing.is_recording_provider(TracerProvider())
+
+
+_UNCONFIGURED = """
+import json, os, sys
+from opentelemetry import propagate, trace
+from services.common import tracing
+
+class M:
+    subject = "weir.v1.k8s.service.default.web"
+    headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+
+os.environ.pop("WEIR_TRACE_FILE", None)
+os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+os.environ.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
+tracing.setup_tracing("t")  # no exporter: nothing installed
+out = {"enabled_before": tracing.enabled()}
+span = tracing.start_consumer_span(M(), attributes={"a": 1})
+out["consumer_invalid"] = span is trace.INVALID_SPAN
+prod = tracing.start_producer_span(M.subject, "id-1")
+out["producer_invalid"] = prod is trace.INVALID_SPAN
+out["injected"] = sorted(tracing.inject_span({"k": "v"}, prod))
+tracing.setup_tracing("t", trace_file=sys.argv[1])  # an exporter: installed, spans record
+out["enabled_after"] = tracing.enabled()
+span = tracing.start_consumer_span(M(), attributes={"a": 1})
+out["consumer_recording"] = span.is_recording()
+out["consumer_trace"] = f"{span.get_span_context().trace_id:032x}"
+span.end()
+print(json.dumps(out))
+"""
+
+
+def test_consumer_spans_are_skipped_until_an_exporter_is_configured(tmp_path: Path) -> None:
+    """In a fresh process (the global provider can be set only once per process)."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _UNCONFIGURED, str(tmp_path / "t.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {
+        "enabled_before": False,
+        "consumer_invalid": True,
+        "producer_invalid": True,
+        "injected": ["k"],
+        "enabled_after": True,
+        "consumer_recording": True,
+        "consumer_trace": "0af7651916cd43dd8448eb211c80319c",
+    }
