@@ -9,6 +9,9 @@ right and are easy to get subtly wrong, so they live here without I/O and are ta
   node's endpoints (pods with ``nodeName`` = this node, an IPv4 address, an ipcache identity and
   a host-side interface) and every pod of the cluster with its identity (from the ipcache, which
   is the allocator's word on which identity an address has right now).
+* :class:`SliceDirectory` is the one EndpointSlice index of a datapath process: the LB loop
+  decodes every slice anyway and feeds its views here, so the policy loop (which needs slices
+  only to name a flow's Service) neither consumes nor decodes them a second time.
 * :class:`EndpointIds` keeps a pod's endpoint id stable for its lifetime on the node and across
   worker restarts (restored from the pinned endpoints map by interface), and never hands out an
   id that is still in the realised map or was released in the same round: policy keys carry the
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from contracts.v1 import EndpointSlice, Identity, IPCacheEntry, K8sEvent, NetworkPolicy, Op, Pod
-from services.datapath.model import SliceView
+from services.datapath.model import Change, SliceView
 from services.datapath.policy_model import ClusterPod, LocalEndpoint, PolicyRef, container_ports
 from services.datapath.policymap import (
     CidrKey,
@@ -181,6 +184,39 @@ class PolicyInputs:
                 continue
             if (port, protocol) in eps.ports and ip in eps.addresses:
                 return ns, eps.service_name
+        return None
+
+
+class SliceDirectory:
+    """EndpointSlices as the LB loop absorbed them, for naming a flow's Service.
+
+    Keeps the LB loop's own immutable views (no copy, no second decode); an upsert replaces the
+    slice's entry, a delete removes it. Only an endpoint's first address counts, as in
+    :class:`SliceIndex` and the LB datapath."""
+
+    def __init__(self) -> None:
+        self._slices: dict[Ref, tuple[str, SliceView]] = {}
+
+    def __len__(self) -> int:
+        return len(self._slices)
+
+    def absorb(self, change: Change) -> None:
+        """One decoded EndpointSlice change (other kinds are ignored)."""
+        if change.kind != "endpointslice":
+            return
+        ref = (change.namespace, change.name)
+        if change.op is Op.UPSERT and isinstance(change.obj, SliceView) and change.owner:
+            self._slices[ref] = (change.owner, change.obj)
+        else:  # a delete (may carry the last object), or a slice no Service owns
+            self._slices.pop(ref, None)
+
+    def service_of(self, ip: str, port: int, protocol: str) -> Ref | None:
+        """The Service whose EndpointSlice lists ``ip`` with ``port``/``protocol``."""
+        for (ns, _slice), (owner, view) in self._slices.items():
+            if any(p == port and proto == protocol for _n, proto, p in view.ports) and any(
+                ep.ip == ip for ep in view.endpoints
+            ):
+                return ns, owner
         return None
 
 

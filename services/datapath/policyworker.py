@@ -1,14 +1,17 @@
 """The worker's policy loop: bus state -> NetworkPolicy resolution -> policy maps, and flows out.
 
 Why it runs beside the LB loop and not inside it: the two share only the process, the bus
-connection and the NodeStatus. Policy needs other inputs (pods, NetworkPolicies, identities,
-ipcache entries; EndpointSlices only to name a flow's Service), other maps and other failure
-handling, and keeping it a sibling task lets the LB loop's hot path stay as it is.
+connection, the NodeStatus and the EndpointSlices. Policy needs other inputs (pods,
+NetworkPolicies, identities, ipcache entries; EndpointSlices only to name a flow's Service),
+other maps and other failure handling, and keeping it a sibling task lets the LB loop's hot path
+stay as it is. The slices come from a ``SliceDirectory`` the LB loop fills as it absorbs them: it
+decodes every slice anyway, so beside it this loop neither consumes nor decodes slices (alone,
+e.g. in tests, it consumes and decodes them itself).
 
 Lifecycle, like the LB loop's: (1) dump the realised policy maps into an in-memory mirror and
 restore the stable numbering from them (CIDR identities from the ipcache, endpoint ids from the
 endpoints map by interface), so a restart rewrites nothing; (2) snapshot WEIR_K8S (pod,
-networkpolicy, endpointslice) and WEIR_IDENTITY (identity, ipcache) last-per-subject; (3) one
+networkpolicy[, endpointslice]) and WEIR_IDENTITY (identity, ipcache) last-per-subject; (3) one
 full sync — its diff against the dump is the prune; (4) a durable pull consumer per stream.
 Every fetched message is absorbed at once and gets a CONSUMER span (so a Pod change's trace
 reaches every node); an applier coalesces bursts (``coalesce`` seconds) into one sync and acks
@@ -67,6 +70,7 @@ from services.datapath.policy_sync import (
     EndpointIds,
     EndpointIdsExhaustedError,
     PolicyInputs,
+    SliceDirectory,
     SliceIndex,
     apply_plan,
     local_endpoints,
@@ -119,8 +123,11 @@ class PolicyWorker:
         interfaces: Interfaces,
         *,
         on_applied: Callable[[], None] = lambda: None,
+        slices: SliceDirectory | None = None,
     ) -> None:
         self.cfg = cfg
+        self.slices = slices  # the LB loop's slices; None: consume them here
+        self.k8s_kinds = K8S_KINDS if slices is None else K8S_KINDS[:2]
         self.node = cfg.node
         self.bus = bus
         self.maps = maps
@@ -184,7 +191,8 @@ class PolicyWorker:
             cidr = next((p for p, i in self.cidr.assignments.items() if i == identity), None)
             return identity_labels(identity, known, cidr)
 
-        return FlowNames(pod_of, labels_of, inputs.service_of)
+        service_of = inputs.service_of if self.slices is None else self.slices.service_of
+        return FlowNames(pod_of, labels_of, service_of)
 
     # --- running ------------------------------------------------------------------------------
 
@@ -193,7 +201,7 @@ class PolicyWorker:
         tasks = [
             asyncio.create_task(self._applier(), name=f"policy-apply-{self.node}"),
             asyncio.create_task(
-                self._consume(STREAM_K8S, tuple(k8s_filter(k) for k in K8S_KINDS), starts[0]),
+                self._consume(STREAM_K8S, tuple(k8s_filter(k) for k in self.k8s_kinds), starts[0]),
                 name=f"policy-k8s-{self.node}",
             ),
             asyncio.create_task(
@@ -222,7 +230,7 @@ class PolicyWorker:
         self.ids.restore(self.mirror.endpoints)
         js = self.bus.js
         k8s = await asyncio.gather(
-            *(last_per_subject(js, STREAM_K8S, k8s_filter(k)) for k in K8S_KINDS)
+            *(last_per_subject(js, STREAM_K8S, k8s_filter(k)) for k in self.k8s_kinds)
         )
         ident = await asyncio.gather(
             *(last_per_subject(js, STREAM_IDENTITY, f) for f in IDENTITY_FILTERS)
@@ -482,6 +490,7 @@ async def run_policy(
     pin_dir: Path,
     netns: str = "",
     on_worker: Callable[[PolicyWorker], None] = lambda _w: None,
+    slices: SliceDirectory | None = None,
 ) -> None:
     """Open the policy maps (load + pin bpf/policy.c, or fakes), run the loop and the flow
     publisher until cancelled. ``on_worker`` receives the loop once it exists (status hook)."""
@@ -505,7 +514,9 @@ async def run_policy(
         interfaces = NetnsInterfaces(netns or None, loader.attach)
         closers.append(interfaces.close)
         events_pin = loader.events_pin
-    worker = PolicyWorker(PolicyConfig(node), bus, maps, interfaces, on_applied=host.request_status)
+    worker = PolicyWorker(
+        PolicyConfig(node), bus, maps, interfaces, on_applied=host.request_status, slices=slices
+    )
     on_worker(worker)
     tasks: list[asyncio.Task[None]] = []
     reader: RingReader | None = None
@@ -560,6 +571,7 @@ async def _flow_metrics(reader: RingReader) -> None:
 
 class StatusHooks(StatusHost, Protocol):
     status_hooks: list[Callable[[NodeStatus], None]]
+    slices: SliceDirectory  # the LB loop's EndpointSlices (see the module doc)
 
 
 class PolicySidecar:
@@ -609,6 +621,7 @@ class PolicySidecar:
                 pin_dir=self.pin_dir,
                 netns=self.netns,
                 on_worker=self._attach_worker,
+                slices=self.host.slices,
             ),
             name=f"policy-{self.node}",
         )

@@ -58,6 +58,7 @@ from services.datapath.frontend import Frontend
 from services.datapath.lbmap import LBMap
 from services.datapath.loader import default_pin_dir
 from services.datapath.model import Change, DesiredState
+from services.datapath.policy_sync import SliceDirectory
 from services.datapath.policyworker import PolicySidecar
 from services.datapath.reconcile import ApplyResult, Reconciler
 from services.datapath.writecount import WriteCounter
@@ -120,6 +121,7 @@ class DatapathWorker:
         self._status_wanted = asyncio.Event()
         self._write_failed = False
         self.status_hooks: list[Callable[[NodeStatus], None]] = []  # e.g. the policy loop's
+        self.slices = SliceDirectory()  # the policy loop names flows' Services from these
 
     def ready(self) -> bool | str:
         return True if self.synced else "bootstrap from the bus not complete"
@@ -314,6 +316,7 @@ class DatapathWorker:
             m.BAD_MESSAGES.labels(event.kind).inc()
             return None
         self.model.apply(event)
+        self.slices.absorb(event)
         return event
 
     def _bad(self, msg: Msg, exc: ValidationError) -> None:

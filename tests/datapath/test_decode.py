@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from contracts.v1 import EndpointSlice, K8sEvent, Op, to_event
 from services.datapath.decode import decode, decode_fast
 from services.datapath.model import Change, DesiredState, SliceView
-from services.datapath.policy_sync import PolicyInputs, SliceIndex
+from services.datapath.policy_sync import PolicyInputs, SliceDirectory, SliceIndex
 
 AT = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -235,3 +235,25 @@ def test_policy_slice_index_from_view_equals_from_contract() -> None:
     assert inputs.service_of("10.0.0.9", 8080, "TCP") is None
     inputs.absorb_k8s(K8sEvent.model_validate_json(FAST["endpointslice delete"]))
     assert inputs.service_of("10.0.0.2", 8080, "TCP") is None
+
+
+def test_slice_directory_names_services_like_the_policy_index() -> None:
+    """Fed the LB loop's decoded changes, the shared directory answers flow naming exactly as
+    the policy loop's own index of the same slices does (upsert, other kinds, delete)."""
+    change = decode(FAST["endpointslice"])
+    directory = SliceDirectory()
+    directory.absorb(change)
+    directory.absorb(decode(FAST["service"]))  # other kinds: ignored
+    assert len(directory) == 1
+    inputs = PolicyInputs()
+    inputs.absorb_k8s(K8sEvent.model_validate_json(FAST["endpointslice"]))
+    for probe in (
+        ("10.0.0.2", 8080, "TCP"),
+        ("10.0.0.2", 8081, "TCP"),
+        ("10.0.0.2", 8080, "UDP"),
+        ("10.0.0.9", 8080, "TCP"),
+    ):
+        assert directory.service_of(*probe) == inputs.service_of(*probe), probe
+    assert directory.service_of("10.0.0.2", 8080, "TCP") == ("shop", "web")
+    directory.absorb(decode(FAST["endpointslice delete"]))
+    assert len(directory) == 0 and directory.service_of("10.0.0.2", 8080, "TCP") is None

@@ -24,7 +24,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 
 from contracts.subjects import STREAM_K8S, STREAM_STATUS, k8s_subject, status_subject
-from contracts.v1 import K8sEvent, NodeStatus, Op
+from contracts.v1 import EndpointSlice, K8sEvent, NodeStatus, Op, Service
 from services.common.bus import Bus, connect_bus, publish
 from services.common.ops import start_ops_server
 from services.datapath.fakemaps import FakeLBMap, check_consistent
@@ -174,6 +174,19 @@ async def test_bootstrap_live_changes_restart_and_delete_while_down(
     assert 7 not in state.backends  # 10.244.1.21:8000, only used by api: pruned
     info = await bus.js.consumer_info(STREAM_K8S, durable_name(NODE))
     assert info.num_ack_pending == 0
+    # the policy loop names flows' Services from the slices this loop absorbed (no 2nd decode)
+    slices = {(e.namespace, e.name): e.object for e in events(clusterip) + events(policy)}
+    named = 0
+    for (ns, _name), es in slices.items():
+        assert isinstance(es, EndpointSlice | Service)
+        if isinstance(es, Service) or not es.service_name or not es.endpoints or not es.ports:
+            continue
+        port = es.ports[0]
+        ip = es.endpoints[0].addresses[0]
+        assert port.port is not None
+        assert run2.worker.slices.service_of(ip, port.port, port.protocol) == (ns, es.service_name)
+        named += 1
+    assert named > 0
     await run2.stop()
 
 
