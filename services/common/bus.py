@@ -25,6 +25,7 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
+from opentelemetry.context import Context
 from opentelemetry.trace import Span
 from pydantic import BaseModel
 
@@ -72,12 +73,14 @@ class PublishBatchError(PublishError):
 
 
 class Outgoing(NamedTuple):
-    """One message of a :func:`publish_batch`."""
+    """One message of a :func:`publish_batch`; ``parent``: the trace context its PRODUCER span
+    continues (default: the context current when the batch is published)."""
 
     subject: str
     data: bytes | BaseModel
     msg_id: str
     headers: Mapping[str, str] | None = None
+    parent: Context | None = None
 
 
 def _encode_for(subject: str, data: bytes | BaseModel) -> bytes:
@@ -115,13 +118,15 @@ async def publish(
     headers: Mapping[str, str] | None = None,
     ack_timeout: float | None = None,
     attempts: int = 8,
+    parent: Context | None = None,
 ) -> PubAck:
-    """Publish one message to JetStream and wait for the stream's ack (see module doc)."""
+    """Publish one message to JetStream and wait for the stream's ack (see module doc).
+    ``parent``: the trace context of its PRODUCER span (default: the current one)."""
     if not msg_id:
         raise ValueError(f"publish to {subject}: msg_id must be a non-empty string")
     payload = _encode_for(subject, data)
     template = tracing.subject_template(subject)
-    with tracing.producer_span(subject, msg_id) as span:
+    with tracing.producer_span(subject, msg_id, context=parent) as span:
         hdrs = tracing.inject(headers)
         hdrs[MSG_ID_HEADER] = msg_id
         for attempt in range(attempts):
@@ -193,7 +198,7 @@ async def publish_batch(
             for fut in list(inflight.values()):
                 fut.cancel()
             await slots.acquire()
-        span = tracing.start_producer_span(o.subject, o.msg_id)
+        span = tracing.start_producer_span(o.subject, o.msg_id, context=o.parent)
         hdrs = tracing.inject_span(o.headers, span)
         hdrs[MSG_ID_HEADER] = o.msg_id
         try:
@@ -240,6 +245,7 @@ async def _publish_each(
                     headers=o.headers,
                     ack_timeout=ack_timeout,
                     attempts=attempts,
+                    parent=o.parent,
                 )
             except PublishError as exc:
                 errors[i] = exc

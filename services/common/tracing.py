@@ -127,8 +127,11 @@ def _tracer() -> trace.Tracer:
     return _TRACER
 
 
-def start_producer_span(subject: str, msg_id: str | None = None) -> Span:
-    """Start (not activate) a PRODUCER span ``publish <template>``; the caller must end it."""
+def start_producer_span(
+    subject: str, msg_id: str | None = None, *, context: Context | None = None
+) -> Span:
+    """Start (not activate) a PRODUCER span ``publish <template>``; the caller must end it.
+    ``context``: its parent (default: the current context)."""
     if not enabled():
         return INVALID_SPAN
     attributes: dict[str, Any] = {
@@ -141,13 +144,18 @@ def start_producer_span(subject: str, msg_id: str | None = None) -> Span:
     if msg_id is not None:
         attributes["messaging.message.id"] = msg_id
     name = f"publish {subject_template(subject)}"
-    return _tracer().start_span(name, kind=SpanKind.PRODUCER, attributes=attributes)
+    return _tracer().start_span(
+        name, context=context, kind=SpanKind.PRODUCER, attributes=attributes
+    )
 
 
 @contextmanager
-def producer_span(subject: str, msg_id: str | None = None) -> Iterator[Span]:
+def producer_span(
+    subject: str, msg_id: str | None = None, *, context: Context | None = None
+) -> Iterator[Span]:
     """A PRODUCER span current while the message is being sent (see start_producer_span)."""
-    with trace.use_span(start_producer_span(subject, msg_id), end_on_exit=True) as span:
+    span = start_producer_span(subject, msg_id, context=context)
+    with trace.use_span(span, end_on_exit=True):
         yield span
 
 
