@@ -156,6 +156,11 @@ async def test_bootstrap_live_changes_restart_and_delete_while_down(
     assert status.applied[STREAM_K8S] == last
     assert status.maps["services"].entries == len(lbmap.dump().services)
     assert status.errors == []
+    # the gauges are refreshed with each status (not per batch): they match what it reports
+    for name, fill in status.maps.items():
+        if name in ("services", "backends", "revnat"):
+            assert metric("weir_datapath_map_entries", map=name) == fill.entries, name
+    assert metric("weir_datapath_model_errors") == 0
     ids = {(b.ip, b.port, b.proto): i for i, b in lbmap.dump().backends.items()}
     revnat = dict(lbmap.dump().revnat)
 
