@@ -273,3 +273,17 @@ def test_cli_rejects_bad_options() -> None:
     out = subprocess.run([str(weir), "datapath", "--maps", "fake"], env=env,
                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
     assert out.returncode == 2 and "node_name" in out.stderr
+
+
+def test_stream_seq_reads_the_ack_subject_like_nats_metadata() -> None:
+    from nats.aio.msg import Msg  # noqa: PLC0415
+
+    from services.datapath.worker import stream_seq  # noqa: PLC0415
+
+    for reply in (
+        "$JS.ACK.WEIR_K8S.datapath-n1.1.42.7.1700000000000000000.3",  # v1: 9 tokens
+        "$JS.ACK.dom.acchash.WEIR_K8S.datapath-n1.2.4242.9.1700000000000000000.0.rand",  # v2
+    ):
+        msg = Msg(_client=None, subject="weir.v1.k8s.service.a.b", reply=reply)  # type: ignore[arg-type]
+        assert stream_seq(msg) == msg.metadata.sequence.stream
+    assert stream_seq(Msg(_client=None, subject="s", reply="$JS.ACK.S.C.1.5.1.1.0")) == 5  # type: ignore[arg-type]
