@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.kubeproxy_rules import BenchService, ruleset
-from bench.machine import describe
+from bench.machine import describe, save
 from bench.stats import percentile
 from contracts.v1 import K8sEvent, Op, to_event
 from services.common.bus import Outgoing, connect_bus, provision, publish, publish_batch
@@ -339,10 +338,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit("bench.coldsync needs root (bpffs, cgroups, netns)")
     result = run(args)
     report(result)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": describe(), "result": result}, indent=2))
-    print(f"machine: {describe()}\nresults: {out}")
+    save(args.out, {"machine": describe(), "result": result})
     return result
 
 

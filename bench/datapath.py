@@ -21,11 +21,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from bench.kubeproxy_rules import BenchService, ruleset
-from bench.machine import describe
+from bench.machine import describe, save
 from bench.netlab import BACKEND_PORT, BACKENDS, NetLab
 from bench.stats import summary_us
 from bench.weir_contender import WeirMaps
@@ -143,10 +142,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             print_table(rows[-1:])
     print()
     print_table(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": describe(), "rows": rows}, indent=2))
-    print(f"\nmachine: {describe()}\nresults: {out}")
+    save(args.out, {"machine": describe(), "rows": rows})
     return rows
 
 

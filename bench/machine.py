@@ -1,10 +1,17 @@
-"""What machine a benchmark ran on: every result file and table carries this."""
+"""What machine a benchmark ran on: every result file and table carries this.
+
+``save`` is here too because writing a result file and naming the machine it came from is the
+one ending every benchmark shares; keeping it in one place keeps the files' format alike.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
+from pathlib import Path
+from typing import Any
 
 
 def describe() -> dict[str, str]:
@@ -34,3 +41,12 @@ def describe() -> dict[str, str]:
         "python": platform.python_version(),
         "iptables": iptables,
     }
+
+
+def save(out: str | Path, payload: Any) -> Path:
+    """Write ``payload`` as indented JSON to ``out`` (parents created) and print the machine."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    print(f"\nmachine: {describe()}\nresults: {path}")
+    return path

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -30,7 +28,7 @@ from bench import objects as o
 from bench.anchor import IptablesAnchor
 from bench.busprobe import stream_state, wait_applied, wait_published
 from bench.churn import Change, ChurnState, KubeWriter, Poller, run_churn
-from bench.machine import describe
+from bench.machine import describe, save
 from bench.mapprobe import MapProbe
 from bench.stack import Stack, Worker
 from bench.stats import percentile
@@ -205,10 +203,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser().parse_args(argv)
     result = asyncio.run(run(args))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"\nmachine: {describe()}\nresults: {out}")
+    save(args.out, result)
     return result
 
 

@@ -39,7 +39,7 @@ from kubernetes_asyncio import client, config
 
 from bench import objects as o
 from bench.busprobe import backlog, stream_state, wait_applied, wait_published
-from bench.machine import describe
+from bench.machine import describe, save
 from bench.stack import Stack
 from contracts.subjects import k8s_subject
 from contracts.v1.convert import to_event
@@ -369,10 +369,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser().parse_args(argv)
     result = asyncio.run(run(args))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"\nmachine: {describe()}\nresults: {out}")
+    save(args.out, result)
     return result
 
 
