@@ -160,10 +160,10 @@ def sock_lb(pin_root: Path, cgroup: Path) -> Iterator[SockLB]:
         lb.close()
 
 
-@pytest.fixture
-def lbmap(sock_lb: SockLB) -> Iterator[BpfLBMap]:
-    """The module's maps, emptied before the test (each test programs its own services)."""
-    maps = sock_lb.maps()
+@contextlib.contextmanager
+def emptied_maps(lb: SockLB) -> Iterator[BpfLBMap]:
+    """``lb``'s maps, emptied first (each test programs its own services); closed on exit."""
+    maps = lb.maps()
     try:
         state = maps.dump()
         maps.delete_services(state.services)
@@ -172,6 +172,13 @@ def lbmap(sock_lb: SockLB) -> Iterator[BpfLBMap]:
         yield maps
     finally:
         maps.close()
+
+
+@pytest.fixture
+def lbmap(sock_lb: SockLB) -> Iterator[BpfLBMap]:
+    """The module's maps, emptied before the test (each test programs its own services)."""
+    with emptied_maps(sock_lb) as maps:
+        yield maps
 
 
 def client_cmd(netns: str, cgroup: Path, *args: str) -> list[str]:

@@ -29,7 +29,7 @@ from services.datapath.lbmap import (
 from services.datapath.loader import SockLB
 from services.datapath.reconcile import Reconciler
 from services.datapath.render import render
-from tests.datapath.bpf.conftest import SMALL
+from tests.datapath.bpf.conftest import SMALL, emptied_maps
 from tests.datapath.manifests import desired, manifests
 
 pytestmark = pytest.mark.bpf
@@ -47,15 +47,8 @@ def loaded(pin_root: Path) -> Iterator[SockLB]:
 
 @pytest.fixture
 def maps(loaded: SockLB) -> Iterator[BpfLBMap]:
-    m = loaded.maps()
-    try:
-        state = m.dump()
-        m.delete_services(state.services)
-        m.delete_backends(state.backends)
-        m.delete_revnat(state.revnat)
+    with emptied_maps(loaded) as m:
         yield m
-    finally:
-        m.close()
 
 
 def test_compiled_layout_matches_the_ctypes_mirror(loaded: SockLB) -> None:
