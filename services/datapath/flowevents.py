@@ -23,6 +23,7 @@ import enum
 import mmap
 import os
 import select
+import socket
 import struct
 import threading
 import time
@@ -130,8 +131,8 @@ def decode_event(data: bytes, wall_offset_ns: int = 0) -> RawFlowEvent:
         drop_reason=raw.drop_reason,
         saddr=ip_str(raw.saddr),
         daddr=ip_str(raw.daddr),
-        sport=_ntohs(raw.sport),
-        dport=_ntohs(raw.dport),
+        sport=socket.ntohs(raw.sport),
+        dport=socket.ntohs(raw.dport),
         proto=raw.proto,
         tcp_flags=raw.tcp_flags,
         src_identity=raw.src_identity,
@@ -142,10 +143,6 @@ def decode_event(data: bytes, wall_offset_ns: int = 0) -> RawFlowEvent:
         ifindex=raw.ifindex,
         observation_point=point,
     )
-
-
-def _ntohs(raw: int) -> int:
-    return ((raw & 0xFF) << 8) | (raw >> 8)
 
 
 def wall_offset_ns() -> int:

@@ -16,6 +16,7 @@ Besides the PolicyMaps protocol this exposes what only the kernel has: the datap
 from __future__ import annotations
 
 import errno
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,8 +193,8 @@ class BpfPolicyMaps(PinnedMaps):
                     direction=Direction(k.direction & 1),
                     saddr=ip_str(k.saddr),
                     daddr=ip_str(k.daddr),
-                    sport=_ntohs(k.sport),
-                    dport=_ntohs(k.dport),
+                    sport=socket.ntohs(k.sport),
+                    dport=socket.ntohs(k.dport),
                     proto=k.proto,
                     created_ns=v.created,
                     last_seen_ns=v.last_seen,
@@ -211,7 +212,3 @@ class BpfPolicyMaps(PinnedMaps):
         keys = [k for k, _ in ct.items()]
         erase(ct, keys, keys)
         return len(keys)
-
-
-def _ntohs(raw: int) -> int:
-    return ((raw & 0xFF) << 8) | (raw >> 8)
