@@ -203,25 +203,24 @@ def _batch_attr(
     )
 
 
-def map_update_batch(fd: int, keys: ctypes._CData, values: ctypes._CData, count: int) -> int:
-    """Returns how many entries were written; on error raises OSError with ``.done`` set."""
-    attr = _batch_attr(fd, keys, values, count)
+def _batch(cmd: int, attr: ctypes.Array[ctypes.c_char], count: int) -> int:
+    """Run an update/delete batch command; on error the kernel's count of entries it did
+    (written back into ``attr.count``) is set as ``.done`` on the OSError."""
     try:
-        _bpf(MAP_UPDATE_BATCH, attr)
+        _bpf(cmd, attr)
     except OSError as exc:
         exc.done = ctypes.c_uint32.from_buffer(attr, 32).value  # type: ignore[attr-defined]
         raise
     return count
+
+
+def map_update_batch(fd: int, keys: ctypes._CData, values: ctypes._CData, count: int) -> int:
+    """Returns how many entries were written; on error raises OSError with ``.done`` set."""
+    return _batch(MAP_UPDATE_BATCH, _batch_attr(fd, keys, values, count), count)
 
 
 def map_delete_batch(fd: int, keys: ctypes._CData, count: int) -> int:
-    attr = _batch_attr(fd, keys, None, count)
-    try:
-        _bpf(MAP_DELETE_BATCH, attr)
-    except OSError as exc:
-        exc.done = ctypes.c_uint32.from_buffer(attr, 32).value  # type: ignore[attr-defined]
-        raise
-    return count
+    return _batch(MAP_DELETE_BATCH, _batch_attr(fd, keys, None, count), count)
 
 
 def map_lookup_batch(
@@ -257,12 +256,7 @@ def map_delete_at(fd: int, key: int) -> None:
 
 def _batch_at(cmd: int, fd: int, keys: int, values: int, count: int) -> int:
     attr = _attr((16, "Q", keys), (24, "Q", values), (32, "I", count), (36, "I", fd))
-    try:
-        _bpf(cmd, attr)
-    except OSError as exc:
-        exc.done = ctypes.c_uint32.from_buffer(attr, 32).value  # type: ignore[attr-defined]
-        raise
-    return count
+    return _batch(cmd, attr, count)
 
 
 def map_update_batch_at(fd: int, keys: int, values: int, count: int) -> int:
