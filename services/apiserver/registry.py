@@ -72,7 +72,12 @@ class Registry:
 
     # -- replace / patch / status --------------------------------------------------------------
 
-    def replace(self, res: Resource, url_ns: str | None, name: str, body: Any) -> Obj:
+    def _admit_update(
+        self, res: Resource, url_ns: str | None, name: str, body: Any
+    ) -> tuple[Obj, str, Obj, str | None]:
+        """The body of a PUT admitted against the stored object: (body, namespace, stored,
+        the resourceVersion precondition). The name must match the URL's; a precondition that
+        is not the stored version is a conflict."""
         obj = self._admit_body(res, url_ns, body, creating=False)
         meta = obj["metadata"]
         if meta.get("name") != name:
@@ -85,6 +90,22 @@ class Registry:
         expected = meta.get("resourceVersion") or None
         if expected is not None and expected != old["metadata"].get("resourceVersion"):
             raise conflict(res.plural, res.group, name)
+        return obj, ns, old, expected
+
+    def _patched(
+        self, res: Resource, url_ns: str | None, name: str, content_type: str, patch: Any
+    ) -> tuple[str, Obj, Obj]:
+        """(namespace, stored object, the patch applied to a copy of it)."""
+        ns = (url_ns if res.namespaced else "") or ""
+        old = self.store.get(res, ns, name)
+        patched = apply_patch(content_type, copy.deepcopy(old), patch)
+        if not isinstance(patched, dict):
+            raise bad_request("the patch did not produce an object")
+        return ns, old, patched
+
+    def replace(self, res: Resource, url_ns: str | None, name: str, body: Any) -> Obj:
+        obj, ns, old, expected = self._admit_update(res, url_ns, name, body)
+        meta = obj["metadata"]
         self._check_valid(res, obj)
         old_meta = old["metadata"]
         for key in ("uid", "creationTimestamp"):
@@ -113,11 +134,7 @@ class Registry:
     def patch(
         self, res: Resource, url_ns: str | None, name: str, content_type: str, patch: Any
     ) -> Obj:
-        ns = url_ns if res.namespaced else ""
-        old = self.store.get(res, ns or "", name)
-        patched = apply_patch(content_type, copy.deepcopy(old), patch)
-        if not isinstance(patched, dict):
-            raise bad_request("the patch did not produce an object")
+        _, old, patched = self._patched(res, url_ns, name, content_type, patch)
         meta = patched.setdefault("metadata", {})
         # a resourceVersion in the patch is a precondition; otherwise patch the latest
         if not (isinstance(patch, dict) and (patch.get("metadata") or {}).get("resourceVersion")):
@@ -125,34 +142,20 @@ class Registry:
         return self.replace(res, url_ns, name, patched)
 
     def replace_status(self, res: Resource, url_ns: str | None, name: str, body: Any) -> Obj:
-        obj = self._admit_body(res, url_ns, body, creating=False)
-        if obj["metadata"].get("name") != name:
-            raise bad_request(
-                f"the name of the object ({obj['metadata'].get('name')}) does not match the name "
-                f"on the URL ({name})"
-            )
-        ns = obj["metadata"].get("namespace", "")
-        old = self.store.get(res, ns, name)
+        obj, ns, old, expected = self._admit_update(res, url_ns, name, body)
         new = copy.deepcopy(old)
         new["status"] = copy.deepcopy(obj.get("status") or {})
-        expected = obj["metadata"].get("resourceVersion") or None
-        if expected is not None and expected != old["metadata"].get("resourceVersion"):
-            raise conflict(res.plural, res.group, name)
         self._check_deep(res, new)
         return self.store.update(res, ns, new, expected)
 
     def patch_status(
         self, res: Resource, url_ns: str | None, name: str, content_type: str, patch: Any
     ) -> Obj:
-        ns = url_ns if res.namespaced else ""
-        old = self.store.get(res, ns or "", name)
-        patched = apply_patch(content_type, copy.deepcopy(old), patch)
-        if not isinstance(patched, dict):
-            raise bad_request("the patch did not produce an object")
+        ns, old, patched = self._patched(res, url_ns, name, content_type, patch)
         new = copy.deepcopy(old)
         new["status"] = patched.get("status") or {}
         self._check_deep(res, new)
-        return self.store.update(res, ns or "", new)
+        return self.store.update(res, ns, new)
 
     # -- delete ------------------------------------------------------------------------------
 
