@@ -28,23 +28,11 @@ from pathlib import Path
 from types import TracebackType
 
 from bench.netlab import CGROUP_ROOT
+from services.common.localhost import free_port, nats_server_binary
 from services.datapath.loader import DEFAULT_VERSION, remove_pins
 
 BPFFS = Path("/sys/fs/bpf")
 WEIR = [sys.executable, "-m", "bench.weircmd"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def nats_server_binary() -> str:
-    found = shutil.which("nats-server", path=str(Path(sys.executable).parent))
-    if found is None:
-        raise RuntimeError("nats-server not found next to the interpreter: run scripts/setup.sh")
-    return found
 
 
 def wait_tcp(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60.0) -> None:

