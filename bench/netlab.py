@@ -128,11 +128,17 @@ class NetLab:
             subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
         base = CGROUP_ROOT / f"weirbench-{self.run_id}"
         for cgroup in [*map(self.cgroup, self.contenders), base]:
-            for _ in range(100):  # a killed process leaves its cgroup a moment later
-                try:
-                    cgroup.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
+            remove_cgroup(cgroup)
+
+
+def remove_cgroup(cgroup: Path) -> None:
+    """rmdir a cgroup that is gone or about to be empty; a killed process leaves it a moment
+    later, so busy is retried for up to 2 s, then left (teardown never raises)."""
+    for _ in range(100):
+        try:
+            cgroup.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)

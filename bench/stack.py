@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from bench.netlab import CGROUP_ROOT
+from bench.netlab import CGROUP_ROOT, remove_cgroup
 from services.common.localhost import free_port, nats_server_binary
 from services.datapath.loader import DEFAULT_VERSION, remove_pins
 
@@ -223,13 +223,6 @@ class Stack:
                 print(f"[stack] cannot remove pins of {worker.node}: {exc}", file=sys.stderr)
         shutil.rmtree(self.pin_base, ignore_errors=True)
         for cgroup in [*(w.cgroup for w in self.workers), self.cgroup_base]:
-            for _ in range(100):
-                try:
-                    cgroup.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
+            remove_cgroup(cgroup)
         self.workers.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
