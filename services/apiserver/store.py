@@ -147,17 +147,25 @@ class Store:
         self._append(Event(self.rv, ADDED, res, namespace, stored))
         return stored
 
-    def update(
-        self, res: Resource, namespace: str, obj: Obj, expected_rv: str | None = None
-    ) -> Obj:
-        """Replace an object. ``expected_rv`` (if set) must equal the stored one, else 409."""
-        name = _meta(obj).get("name", "")
+    def _current(
+        self, res: Resource, namespace: str, name: str, expected_rv: str | None
+    ) -> tuple[dict[tuple[str, str], Obj], Obj]:
+        """(the resource's objects, the stored one): 404 if absent, 409 if ``expected_rv`` is set
+        and is not its resourceVersion."""
         objs = self._objects.get(res, {})
         old = objs.get((namespace, name))
         if old is None:
             raise not_found(res.plural, res.group, name)
         if expected_rv and expected_rv != _meta(old).get("resourceVersion"):
             raise conflict(res.plural, res.group, name)
+        return objs, old
+
+    def update(
+        self, res: Resource, namespace: str, obj: Obj, expected_rv: str | None = None
+    ) -> Obj:
+        """Replace an object. ``expected_rv`` (if set) must equal the stored one, else 409."""
+        name = _meta(obj).get("name", "")
+        objs, old = self._current(res, namespace, name, expected_rv)
         stored = self._stamp(obj)
         objs[(namespace, name)] = stored
         self._append(Event(self.rv, MODIFIED, res, namespace, stored, old))
@@ -167,12 +175,7 @@ class Store:
         self, res: Resource, namespace: str, name: str, expected_rv: str | None = None
     ) -> Obj:
         """Remove an object; the DELETED event carries its last state at a new resourceVersion."""
-        objs = self._objects.get(res, {})
-        old = objs.get((namespace, name))
-        if old is None:
-            raise not_found(res.plural, res.group, name)
-        if expected_rv and expected_rv != _meta(old).get("resourceVersion"):
-            raise conflict(res.plural, res.group, name)
+        objs, old = self._current(res, namespace, name, expected_rv)
         del objs[(namespace, name)]
         final = self._stamp(old)
         self._append(Event(self.rv, DELETED, res, namespace, final))
