@@ -6,6 +6,7 @@ tests exercise the same path the watcher uses against a real cluster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -46,6 +47,17 @@ async def open_kube(cfg: ApiServerConfig) -> Kube:
     )
 
 
+@contextlib.asynccontextmanager
+async def running_kube(cfg: ApiServerConfig) -> AsyncIterator[Kube]:
+    """An API server with a client for the block; both stopped when it ends, also on failure."""
+    k = await open_kube(cfg)
+    try:
+        yield k
+    finally:
+        await k.api.close()
+        await k.server.stop()
+
+
 def status_of(exc: ApiException) -> dict[str, Any]:
     """The Kubernetes Status body of a failed call."""
     body: dict[str, Any] = json.loads(exc.body or b"{}")
@@ -61,9 +73,5 @@ def apiserver_config(tmp_path: Path) -> ApiServerConfig:
 
 @pytest.fixture
 async def kube(apiserver_config: ApiServerConfig) -> AsyncIterator[Kube]:
-    k = await open_kube(apiserver_config)
-    try:
+    async with running_kube(apiserver_config) as k:
         yield k
-    finally:
-        await k.api.close()
-        await k.server.stop()

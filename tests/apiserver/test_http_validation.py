@@ -10,7 +10,7 @@ import pytest
 from kubernetes_asyncio.client import ApiException
 
 from services.apiserver.server import ApiServerConfig
-from tests.apiserver.conftest import Kube, open_kube, status_of
+from tests.apiserver.conftest import Kube, running_kube, status_of
 
 
 def bad_svc(name: str) -> dict[str, Any]:
@@ -46,17 +46,13 @@ async def test_pod_status_is_validated(kube: Kube) -> None:
 
 async def test_accept_invalid_stores_malformed_objects(tmp_path: Path) -> None:
     cfg = ApiServerConfig(port=0, kubeconfig_out=tmp_path / "kc", accept_invalid=True)
-    k = await open_kube(cfg)
-    try:
+    async with running_kube(cfg) as k:
         created = await k.core.create_namespaced_service("default", bad_svc("web"))
         assert created.spec.ports[0].port == 70000
         # name rules still apply: the real API would never store such a name
         with pytest.raises(ApiException) as exc:
             await k.core.create_namespaced_service("default", bad_svc("Web"))
         assert exc.value.status == 422
-    finally:
-        await k.api.close()
-        await k.server.stop()
 
 
 async def test_explicit_and_headless_cluster_ips(kube: Kube) -> None:

@@ -13,7 +13,7 @@ from kubernetes_asyncio import watch
 from kubernetes_asyncio.client import ApiException
 
 from services.apiserver.server import ApiServerConfig
-from tests.apiserver.conftest import Kube, open_kube
+from tests.apiserver.conftest import Kube, running_kube
 
 
 def svc(name: str, port: int = 80) -> dict[str, Any]:
@@ -189,8 +189,8 @@ async def test_stop_ends_open_watches_promptly(kube: Kube) -> None:
 
 
 async def test_retain_events_window_expires_old_resource_versions(tmp_path: Path) -> None:
-    k = await open_kube(ApiServerConfig(port=0, kubeconfig_out=tmp_path / "kc", retain_events=2))
-    try:
+    cfg = ApiServerConfig(port=0, kubeconfig_out=tmp_path / "kc", retain_events=2)
+    async with running_kube(cfg) as k:
         first = await k.core.create_namespaced_service("default", svc("a"))
         for name in ("b", "c", "d"):
             await k.core.create_namespaced_service("default", svc(name))
@@ -203,6 +203,3 @@ async def test_retain_events_window_expires_old_resource_versions(tmp_path: Path
         with pytest.raises(ApiException) as exc:
             await collect(stream, 1)
         assert exc.value.status == 410
-    finally:
-        await k.api.close()
-        await k.server.stop()

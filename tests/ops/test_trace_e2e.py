@@ -28,7 +28,7 @@ import pytest
 
 from services.apiserver.server import ApiServerConfig
 from services.ops.trace_read import SpanRecord, load_spans, parse_object, traces_for
-from tests.apiserver.conftest import Kube, open_kube
+from tests.apiserver.conftest import Kube, running_kube
 from tests.conftest import NatsServer, eventually, free_port
 from tests.watcher.kubeops import create
 
@@ -90,12 +90,8 @@ class Procs:
 @pytest.fixture
 async def kube(tmp_path: Path) -> AsyncIterator[Kube]:
     cfg = ApiServerConfig(port=0, kubeconfig_out=tmp_path / "kubeconfig", bookmark_interval=0.2)
-    k = await open_kube(cfg)
-    try:
+    async with running_kube(cfg) as k:
         yield k
-    finally:
-        await k.api.close()
-        await k.server.stop()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from services.apiserver.server import ApiServerConfig
 from services.common.bus import Bus, connect_bus
 from services.watcher.service import WatcherSettings, WatcherState, run_watcher
-from tests.apiserver.conftest import Kube, open_kube
+from tests.apiserver.conftest import Kube, running_kube
 from tests.conftest import NatsServer
 
 Obj = dict[str, Any]
@@ -117,12 +117,8 @@ def apiserver_config(tmp_path: Path) -> ApiServerConfig:
 
 @pytest.fixture
 async def kube(apiserver_config: ApiServerConfig) -> AsyncIterator[Kube]:
-    k = await open_kube(apiserver_config)
-    try:
+    async with running_kube(apiserver_config) as k:
         yield k
-    finally:
-        await k.api.close()
-        await k.server.stop()
 
 
 @dataclass
