@@ -34,10 +34,9 @@ import pytest
 
 from contracts.v1 import K8sEvent, Op, to_event
 from services.common.bus import Bus, connect_bus, provision, publish
-from services.datapath import bpfsys
 from services.datapath.bpfmaps import BpfLBMap
 from services.datapath.fakemaps import FakeLBMap
-from services.datapath.loader import DEFAULT_VERSION, PROGRAMS, remove_pins
+from services.datapath.loader import DEFAULT_VERSION, remove_pins
 from services.datapath.model import DesiredState
 from services.datapath.reconcile import Reconciler
 from services.datapath.render import render, resolved
@@ -46,6 +45,7 @@ from tests.datapath.bpf.conftest import (
     BACKEND_PORT,
     BACKENDS,
     BPFFS,
+    attached,
     client_cmd,
     make_cgroup,
     netns,
@@ -183,14 +183,6 @@ async def bus(node: dict[str, Any]) -> AsyncIterator[Bus]:
         yield connected
     finally:
         await connected.close()
-
-
-def attached(cgroup: Path) -> dict[str, list[int]]:
-    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        return {short: bpfsys.prog_query(fd, kind) for _f, kind, short in PROGRAMS}
-    finally:
-        os.close(fd)
 
 
 def answers(netns: str, cgroup: Path, n: int) -> list[dict[str, str]]:

@@ -34,7 +34,7 @@ from services.datapath.lbmap import (
     ServiceKey,
     ServiceValue,
 )
-from services.datapath.loader import SockLB, remove_pins
+from services.datapath.loader import PROGRAMS, SockLB, remove_pins
 from tests.conftest import unique_name
 
 HERE = Path(__file__).resolve().parent
@@ -179,6 +179,15 @@ def lbmap(sock_lb: SockLB) -> Iterator[BpfLBMap]:
     """The module's maps, emptied before the test (each test programs its own services)."""
     with emptied_maps(sock_lb) as maps:
         yield maps
+
+
+def attached(cgroup: Path) -> dict[str, list[int]]:
+    """The ids of the programs attached to ``cgroup``, per attach point (short name)."""
+    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return {short: bpfsys.prog_query(fd, kind) for _f, kind, short in PROGRAMS}
+    finally:
+        os.close(fd)
 
 
 def client_cmd(netns: str, cgroup: Path, *args: str) -> list[str]:

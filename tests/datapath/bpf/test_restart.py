@@ -20,6 +20,7 @@ from services.datapath.lbmap import ServiceKey
 from services.datapath.loader import PROGRAMS, PinMismatchError, SockLB
 from tests.datapath.bpf.conftest import (
     SMALL,
+    attached,
     client_cmd,
     make_cgroup,
     pin_handmade_map,
@@ -39,14 +40,6 @@ def own_cgroup() -> Iterator[Path]:
         yield path
     finally:
         remove_cgroup(path)
-
-
-def attached(cgroup: Path) -> dict[str, list[int]]:
-    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        return {short: bpfsys.prog_query(fd, kind) for _f, kind, short in PROGRAMS}
-    finally:
-        os.close(fd)
 
 
 def start_worker(pin_root: Path, cgroup: Path) -> subprocess.Popen[str]:
