@@ -16,7 +16,7 @@ import ctypes
 import errno
 import ipaddress
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -131,11 +131,28 @@ class PinnedMap:
         """Delete packed keys; absent keys are skipped (deleting what is absent is no error)."""
         ks = ctypes.sizeof(self.spec.key)
         kbuf = _view(packed.keys)
+        self.delete_skipping_absent(
+            packed.count,
+            labels,
+            lambda pos, n: bpfsys.map_delete_batch_at(self.fd, kbuf + pos * ks, n),
+            lambda i: bpfsys.map_delete_at(self.fd, kbuf + i * ks),
+        )
+
+    def delete_skipping_absent(
+        self,
+        count: int,
+        labels: Sequence[object],
+        delete_batch: Callable[[int, int], object],
+        delete_one: Callable[[int], object],
+    ) -> None:
+        """Delete keys 0..count-1 by ``delete_batch(pos, n)`` (CHUNK at a time) while the kernel
+        does batches, else by ``delete_one(i)``; absent keys are skipped, any other error names
+        ``labels[i]``. The caller's two callables say where key ``i`` is."""
         pos = 0
-        while pos < packed.count and self.batch:
-            n = min(CHUNK, packed.count - pos)
+        while pos < count and self.batch:
+            n = min(CHUNK, count - pos)
             try:
-                bpfsys.map_delete_batch_at(self.fd, kbuf + pos * ks, n)
+                delete_batch(pos, n)
                 pos += n
             except OSError as exc:
                 done = exc.done  # type: ignore[attr-defined]
@@ -145,9 +162,9 @@ class PinnedMap:
                     self.batch = False
                 else:
                     raise self.error(exc, labels[pos + done]) from exc
-        for i in range(pos, packed.count):
+        for i in range(pos, count):
             try:
-                bpfsys.map_delete_at(self.fd, kbuf + i * ks)
+                delete_one(i)
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     raise self.error(exc, labels[i]) from exc

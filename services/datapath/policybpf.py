@@ -83,26 +83,12 @@ def write(m: PinnedMap, pairs: Sequence[tuple[Any, Any]], labels: Sequence[objec
 
 def erase(m: PinnedMap, keys: Sequence[Any], labels: Sequence[object]) -> None:
     """Delete keys; absent keys are skipped (deleting what is absent is not an error)."""
-    pos = 0
-    while pos < len(keys) and m.batch:
-        part = keys[pos : pos + CHUNK]
-        try:
-            bpfsys.map_delete_batch(m.fd, (m.spec.key * len(part))(*part), len(part))
-            pos += len(part)
-        except OSError as exc:
-            done = exc.done  # type: ignore[attr-defined]
-            if exc.errno == errno.ENOENT:
-                pos += done + 1  # skip the absent key, go on after it
-            elif exc.errno in _NO_BATCH and done == 0:
-                m.batch = False
-            else:
-                raise m.error(exc, labels[pos + done]) from exc
-    for i in range(pos, len(keys)):
-        try:
-            bpfsys.map_delete(m.fd, keys[i])
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise m.error(exc, labels[i]) from exc
+    m.delete_skipping_absent(
+        len(keys),
+        labels,
+        lambda pos, n: bpfsys.map_delete_batch(m.fd, (m.spec.key * n)(*keys[pos : pos + n]), n),
+        lambda i: bpfsys.map_delete(m.fd, keys[i]),
+    )
 
 
 @dataclass(frozen=True, slots=True)
