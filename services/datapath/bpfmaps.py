@@ -111,11 +111,30 @@ class PinnedMap:
         """Write packed (key, value) arrays: one batch syscall per CHUNK entries."""
         ks, vs = ctypes.sizeof(self.spec.key), ctypes.sizeof(self.spec.value)
         kbuf, vbuf = _view(packed.keys), _view(packed.values)
-        for start in range(0, packed.count, CHUNK):
-            n = min(CHUNK, packed.count - start)
+        self.update_in_chunks(
+            packed.count,
+            labels,
+            lambda start, n: bpfsys.map_update_batch_at(
+                self.fd, kbuf + start * ks, vbuf + start * vs, n
+            ),
+            lambda i: bpfsys.map_update_at(self.fd, kbuf + i * ks, vbuf + i * vs),
+        )
+
+    def update_in_chunks(
+        self,
+        count: int,
+        labels: Sequence[object],
+        update_batch: Callable[[int, int], object],
+        update_one: Callable[[int], object],
+    ) -> None:
+        """Write entries 0..count-1 by ``update_batch(start, n)`` (CHUNK at a time) while the
+        kernel does batches, else by ``update_one(i)``; an error names ``labels[i]``. The
+        caller's two callables say where entry ``i`` is."""
+        for start in range(0, count, CHUNK):
+            n = min(CHUNK, count - start)
             if self.batch:
                 try:
-                    bpfsys.map_update_batch_at(self.fd, kbuf + start * ks, vbuf + start * vs, n)
+                    update_batch(start, n)
                     continue
                 except OSError as exc:
                     if exc.errno not in _NO_BATCH:
@@ -123,7 +142,7 @@ class PinnedMap:
                     self.batch = False
             for i in range(start, start + n):
                 try:
-                    bpfsys.map_update_at(self.fd, kbuf + i * ks, vbuf + i * vs)
+                    update_one(i)
                 except OSError as exc:
                     raise self.error(exc, labels[i]) from exc
 

@@ -15,7 +15,6 @@ Besides the PolicyMaps protocol this exposes what only the kernel has: the datap
 
 from __future__ import annotations
 
-import errno
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,29 +55,20 @@ from services.datapath.policymap import (
 )
 
 _ALLOW = PolicyRuleValue(flags=0)
-CHUNK = 4096  # entries per batch syscall
-_NO_BATCH = (errno.EINVAL, 524, errno.EOPNOTSUPP)  # 524: the kernel's ENOTSUPP
 
 
 def write(m: PinnedMap, pairs: Sequence[tuple[Any, Any]], labels: Sequence[object]) -> None:
     """Write (ctypes key, ctypes value) pairs; ``labels`` name them in errors."""
-    for start in range(0, len(pairs), CHUNK):
-        part = pairs[start : start + CHUNK]
-        if m.batch:
-            keys = (m.spec.key * len(part))(*(k for k, _ in part))
-            values = (m.spec.value * len(part))(*(v for _, v in part))
-            try:
-                bpfsys.map_update_batch(m.fd, keys, values, len(part))
-                continue
-            except OSError as exc:
-                if exc.errno not in _NO_BATCH:
-                    raise m.error(exc, labels[start + exc.done]) from exc  # type: ignore[attr-defined]
-                m.batch = False
-        for i, (key, value) in enumerate(part):
-            try:
-                bpfsys.map_update(m.fd, key, value)
-            except OSError as exc:
-                raise m.error(exc, labels[start + i]) from exc
+
+    def batch(start: int, n: int) -> None:
+        part = pairs[start : start + n]
+        keys = (m.spec.key * n)(*(k for k, _ in part))
+        values = (m.spec.value * n)(*(v for _, v in part))
+        bpfsys.map_update_batch(m.fd, keys, values, n)
+
+    m.update_in_chunks(
+        len(pairs), labels, batch, lambda i: bpfsys.map_update(m.fd, pairs[i][0], pairs[i][1])
+    )
 
 
 def erase(m: PinnedMap, keys: Sequence[Any], labels: Sequence[object]) -> None:
