@@ -319,7 +319,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await bus.close()
     identity: list[dict[str, Any]] = []
-    for k in (int(x) for x in args.allocators.split(",")):
+    for k in (int(x) for x in args.allocators.split(",") if x.strip()):  # "" = none
         with Stack() as stack:
             stack.start_nats()
             row = await asyncio.to_thread(identity_run, stack.nats_url, k, args.labels)
