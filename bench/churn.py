@@ -10,19 +10,27 @@ predicate the poller can check cheaply in each node's pinned maps (bench/mapprob
 * ``delete``: a Service created earlier is deleted (then its slice); landed when its VIP's
   master slot is gone.
 
-The poller runs in its own thread and sleeps between sweeps, so it costs little CPU next to the
-workers it is timing; its resolution (the sweep interval) is part of the reported latency.
+The poller runs in a process of its own and sleeps between sweeps, so it costs little CPU next to
+the workers it is timing; its resolution (the sweep interval) is part of the reported latency.
+It used to be a thread of the driver: then it shared the driver's GIL with kubernetes-asyncio
+(milliseconds of Python per API write), so a landing could wait for the interpreter's switch
+interval (5 ms) before the poller saw it, and its sweeps delayed the writes. Both sides stamp
+with ``time.monotonic()`` (CLOCK_MONOTONIC, one clock for every process on the machine).
 Writes happen at a fixed schedule (open loop): a slow pipeline does not slow the churn down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import multiprocessing
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from bench import objects as o
@@ -39,7 +47,7 @@ class Change:
     ip: str  # the fresh backend ip ("" for delete)
     t0: float = 0.0
     api_s: float = 0.0
-    seen: dict[str, float] = field(default_factory=dict)  # node -> perf_counter when landed
+    seen: dict[str, float] = field(default_factory=dict)  # node -> monotonic when landed
     error: str = ""
 
     def landed(self, probe: MapProbe) -> bool:
@@ -54,52 +62,130 @@ class Change:
         return max(self.seen.values()) - self.t0
 
 
-class Poller(threading.Thread):
-    def __init__(self, probes: Mapping[str, MapProbe], interval: float = 0.0005) -> None:
-        super().__init__(name="map-poller", daemon=True)
-        self.probes = dict(probes)
+class Poller:
+    """Sees each registered change land in every node's maps, from a child process.
+
+    The driver side: :meth:`add` stamps ``t0`` and sends the change; a receiver thread records
+    the child's landing times in ``change.seen``. The child (:func:`_poll_forever`) opens a
+    :class:`MapProbe` per node and sweeps the pending changes every ``interval`` seconds."""
+
+    def __init__(self, maps_dirs: Mapping[str, Path], interval: float = 0.0005) -> None:
+        self.maps_dirs = dict(maps_dirs)
         self.interval = interval
-        self._pending: list[Change] = []
+        self._changes: dict[int, Change] = {}  # id -> change, still pending
+        self._next_id = 0
         self._lock = threading.Lock()
-        self._halt = threading.Event()
         self.failure: BaseException | None = None
+        ctx = multiprocessing.get_context("spawn")  # no fork of an asyncio + threads process
+        self._to_child, child_in = ctx.Pipe(duplex=False)[::-1]
+        child_out, self._from_child = ctx.Pipe(duplex=False)[::-1]
+        self._proc = ctx.Process(
+            target=_poll_forever,
+            args=(self.maps_dirs, child_in, child_out, interval),
+            name="map-poller",
+            daemon=True,
+        )
+        self._receiver = threading.Thread(target=self._receive, name="map-poller-rx", daemon=True)
+
+    def start(self, within: float = 30.0) -> None:
+        self._proc.start()
+        if not self._from_child.poll(within):
+            self._proc.kill()
+            raise RuntimeError(f"map poller did not open the maps within {within:.0f}s")
+        ready = self._from_child.recv()
+        if ready[0] != "ready":
+            self._proc.join(timeout=5)
+            raise RuntimeError(f"map poller failed to start: {ready[1]}")
+        self._receiver.start()
 
     def add(self, change: Change) -> None:
-        change.t0 = time.perf_counter()
         with self._lock:
-            self._pending.append(change)
+            self._next_id += 1
+            key = self._next_id
+            self._changes[key] = change
+            change.t0 = time.monotonic()
+            self._to_child.send(("add", key, change.kind, change.vip, change.ip))
 
     def pending(self) -> int:
         with self._lock:
-            return len(self._pending)
+            return len(self._changes)
 
     def drop_pending(self) -> list[Change]:
         with self._lock:
-            left, self._pending = self._pending, []
+            left = list(self._changes.values())
+            self._changes.clear()
+            self._to_child.send(("drop",))
         return left
 
     def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=5)
+        with self._lock, contextlib.suppress(OSError):  # the child is gone already
+            self._to_child.send(("stop",))
+        self._proc.join(timeout=5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout=5)
+        self._receiver.join(timeout=5)
+        for conn in (self._to_child, self._from_child):
+            conn.close()
 
-    def run(self) -> None:
+    def _receive(self) -> None:
         try:
-            while not self._halt.is_set():
-                with self._lock:
-                    pending = list(self._pending)
-                finished: list[Change] = []
-                for change in pending:
-                    for node, probe in self.probes.items():
-                        if node not in change.seen and change.landed(probe):
-                            change.seen[node] = time.perf_counter()
-                    if len(change.seen) == len(self.probes) or change.error:
-                        finished.append(change)
-                if finished:
+            while True:
+                message = self._from_child.recv()
+                if message[0] == "seen":
+                    _, key, node, at = message
                     with self._lock:
-                        self._pending = [c for c in self._pending if c not in finished]
-                time.sleep(self.interval)
+                        change = self._changes.get(key)
+                        if change is not None:
+                            change.seen[node] = at
+                            if len(change.seen) == len(self.maps_dirs):
+                                del self._changes[key]
+                elif message[0] == "error":
+                    raise RuntimeError(f"map poller: {message[1]}")
+        except EOFError:
+            return  # the child exited (stop)
         except BaseException as exc:  # surfaced by the driver; a dead poller must not hang it
             self.failure = exc
+
+
+def _poll_forever(
+    maps_dirs: dict[str, Path], commands: Connection, results: Connection, interval: float
+) -> None:
+    """The child: sweep the pending changes over every node's probe until told to stop."""
+    probes: dict[str, MapProbe] = {}
+    try:
+        for node, maps_dir in maps_dirs.items():
+            probes[node] = MapProbe(maps_dir)
+    except Exception as exc:
+        results.send(("failed", repr(exc)))
+        return
+    results.send(("ready",))
+    pending: dict[int, tuple[Change, set[str]]] = {}
+    try:
+        while True:
+            while commands.poll():
+                command = commands.recv()
+                if command[0] == "stop":
+                    return
+                if command[0] == "drop":
+                    pending.clear()
+                else:
+                    _, key, kind, vip, ip = command
+                    pending[key] = (Change(kind, "", vip, ip), set())
+            for key, (change, seen) in list(pending.items()):
+                for node, probe in probes.items():
+                    if node not in seen and change.landed(probe):
+                        seen.add(node)
+                        results.send(("seen", key, node, time.monotonic()))
+                if len(seen) == len(probes):
+                    del pending[key]
+            time.sleep(interval)
+    except Exception as exc:
+        results.send(("error", repr(exc)))
+    finally:
+        for probe in probes.values():
+            probe.close()
+        results.close()
 
 
 class ChurnState:
@@ -186,12 +272,11 @@ async def run_churn(
         change = state.next_change()
         ips = state.slice_ips(change)
         poller.add(change)
-        t = time.perf_counter()
         try:
             await writer.apply(change, ips)
         except Exception as exc:  # recorded and reported, never silently dropped
             change.error = f"{type(exc).__name__}: {exc}"[:200]
-        change.api_s = time.perf_counter() - t
+        change.api_s = time.monotonic() - change.t0
         changes.append(change)
         if on_change is not None:
             on_change(change)

@@ -29,7 +29,6 @@ from bench.anchor import IptablesAnchor
 from bench.busprobe import stream_state, wait_applied, wait_published
 from bench.churn import Change, ChurnState, KubeWriter, Poller, run_churn
 from bench.machine import describe, save
-from bench.mapprobe import MapProbe
 from bench.stack import Stack, Worker
 from bench.stats import percentile
 from services.common.bus import connect_bus
@@ -62,13 +61,12 @@ async def measure_nodes(
     stack: Stack, writer: KubeWriter, state: ChurnState, anchor: IptablesAnchor,
     anchor_state: ChurnState, args: argparse.Namespace,
 ) -> dict[str, Any]:  # fmt: skip
-    probes = {w.node: MapProbe(w.maps_dir) for w in stack.workers}
-    poller = Poller(probes, interval=args.poll_interval)
+    poller = Poller({w.node: w.maps_dir for w in stack.workers}, interval=args.poll_interval)
     poller.start()
     weir: list[Change] = []
     restores: list[float] = []
     rates: list[float] = []
-    rng = random.Random(len(probes))
+    rng = random.Random(len(stack.workers))
     try:
         await run_churn(writer, poller, state, rate=args.rate, count=5)  # warm-up, not recorded
         for _ in range(args.rounds):
@@ -88,9 +86,7 @@ async def measure_nodes(
         stack.check_alive()
     finally:
         poller.stop()
-        for probe in probes.values():
-            probe.close()
-    nodes = len(probes)
+    nodes = len(stack.workers)
     all_nodes = [lat for c in weir if (lat := c.latency_all(nodes)) is not None]
     per_node = [t - c.t0 for c in weir if not c.error for t in c.seen.values()]
     errors = [c.error for c in weir if c.error]

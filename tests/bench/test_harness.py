@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ import pytest
 
 from bench import objects as o
 from bench.anchor import IptablesAnchor
-from bench.churn import Change, ChurnState
+from bench.churn import Change, ChurnState, Poller
 from bench.mapprobe import MapProbe
 from bench.plots import cdf
 from bench.run_all import summary_rows
@@ -76,6 +77,42 @@ def test_map_probe_reads_the_pinned_maps(pinned_lb: SockLB) -> None:
             assert not probe.has_frontend(vip, 80)
         finally:
             probe.close()
+
+
+@pytest.mark.bpf
+def test_poller_process_sees_a_change_land_after_it_was_added(pinned_lb: SockLB) -> None:
+    vip, fresh = "10.96.0.8", "10.192.0.11"
+    poller = Poller({"node-a": pinned_lb.dir}, interval=0.0005)
+    poller.start()
+    try:
+        change = Change("endpoints", "svc-8", vip, fresh)
+        poller.add(change)
+        time.sleep(0.05)
+        assert poller.pending() == 1 and not change.seen  # not in the maps yet
+        written = time.monotonic()
+        with pinned_lb.maps() as maps:
+            maps.update_backends({7: BackendValue(fresh, 8080, PROTO_TCP)})
+            maps.update_services(
+                {
+                    ServiceKey(vip, 80, PROTO_TCP, 1): ServiceValue(backend_id=7, rev_nat_id=3),
+                    ServiceKey(vip, 80, PROTO_TCP, 0): ServiceValue(count=1),
+                }
+            )
+        deadline = time.monotonic() + 5
+        while poller.pending() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert poller.failure is None
+        assert set(change.seen) == {"node-a"}
+        assert change.t0 < written <= change.seen["node-a"] < written + 1.0
+        dropped = Change("delete", "svc-9", "10.96.0.9", "")
+        poller.add(dropped)  # absent frontend: lands at once
+        late = Change("endpoints", "svc-10", "10.96.0.10", "10.192.0.12")
+        poller.add(late)
+        time.sleep(0.1)
+        assert "node-a" in dropped.seen
+        assert poller.drop_pending() == [late]
+    finally:
+        poller.stop()
 
 
 def test_loaded_objects_are_valid_for_the_contracts() -> None:
