@@ -132,6 +132,11 @@ def summary_rows(runs: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, s
             rows.append((name, "worker RSS (max over nodes)", f"{rss:.0f} MiB", ""))
         elif name == "throughput":
             w, b = data["watcher"], data["bus_to_maps"]
+            if "end_to_end" in data:
+                e = data["end_to_end"]
+                rows.append((name, "watcher list -> bus -> maps (end to end)",
+                             f"{e['events_per_s']:.0f} events/s ({e['events']} in "
+                             f"{e['applied_s']:.2f} s)", ""))  # fmt: skip
             rows.append((name, "watcher list -> bus", f"{w['list_events_per_s']:.0f} events/s", ""))
             rows.append((
                 name, f"API writes ({w['watch']['writers']} writers) -> bus -> maps",

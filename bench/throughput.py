@@ -13,6 +13,11 @@ into an HTTP API and so cannot find the pipeline's limit by itself:
    sustained when the publisher keeps it up and the worker's durable consumer backlog drains
    within a second after the step (no growing backlog). The highest such rate is reported.
 
+And end to end, on a stack of its own: a worker is subscribed to the empty stream first, then the
+watcher starts against the stand-in holding N Services and their EndpointSlices; events/s from the
+watcher's first message on the bus until the worker reports the last one applied (its NodeStatus),
+with the watcher, nats-server and the worker sharing the machine's cores.
+
 Identity allocations/s: 1 and 3 allocator processes (bench/allocload.py) acquire the same
 ``--labels`` label sets in different orders on a real nats-server; the result also checks that
 every allocator got the same identity for each label set.
@@ -36,12 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client, config
+from nats.js.errors import NotFoundError
 
 from bench import objects as o
-from bench.busprobe import backlog, stream_state, wait_applied, wait_published
+from bench.busprobe import backlog, node_applied, stream_state, wait_applied, wait_published
 from bench.machine import describe, save
 from bench.stack import Stack
-from contracts.subjects import k8s_subject
+from contracts.subjects import STREAM_STATUS, k8s_subject, status_subject
 from contracts.v1.convert import to_event
 from services.common.bus import Outgoing, connect_bus, provision, publish_batch
 
@@ -241,6 +247,68 @@ async def bus_to_maps(stack: Stack, js: Any, node: str, args: argparse.Namespace
     return {"steps": steps, "max_sustained_per_s": best}
 
 
+async def wait_status(js: Any, node: str, within: float) -> None:
+    """Wait for a node's first NodeStatus (its bootstrap is done, even on an empty stream)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await js.get_last_msg(STREAM_STATUS, status_subject(node))
+            return
+        except NotFoundError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{node} published no status within {within:.0f}s") from None
+            await asyncio.sleep(0.05)
+
+
+async def list_to_maps(args: argparse.Namespace) -> dict[str, Any]:
+    """Watcher list -> bus -> one worker's maps, end to end (see the module docstring)."""
+    with Stack() as stack:
+        manifest = o.write_manifest(stack.workdir / "load.json", args.services, 2)
+        stack.start_nats()
+        stack.start_apiserver([manifest])
+        bus = await connect_bus(stack.nats_url, "bench-throughput-e2e")
+        try:
+            await provision(bus.js)
+            worker = stack.add_worker()
+            await wait_status(bus.js, worker.node, args.timeout)
+            stack.start_watcher()
+            expected = 2 * args.services
+            first = published = None
+            last_seq = 0
+            deadline = time.monotonic() + args.timeout
+            while published is None:  # poll the stream for the first and the last message
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the watcher did not publish {expected} objects")
+                messages, last_seq = await stream_state(bus.js)
+                now = time.monotonic()
+                if messages and first is None:
+                    first = now
+                if messages >= expected:
+                    published = now
+                await asyncio.sleep(0.01)
+            assert first is not None
+            while (applied := await node_applied(bus.js, worker.node)) < last_seq:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{worker.node} applied {applied} of {last_seq}")
+                await asyncio.sleep(0.01)
+            done = time.monotonic()
+            stack.check_alive()
+        finally:
+            await bus.close()
+    result = {
+        "events": expected,
+        "publish_s": published - first,
+        "applied_s": done - first,
+        "events_per_s": expected / max(done - first, 1e-9),
+        "worker_behind_s": done - published,
+    }
+    print(f"[throughput] watcher list -> bus -> maps: {expected} events applied "
+          f"{result['applied_s']:.2f}s after the first was published = "
+          f"{result['events_per_s']:.0f} events/s (worker done {result['worker_behind_s']:.2f}s "
+          f"after the watcher)", flush=True)  # fmt: skip
+    return result
+
+
 def service_event(i: int) -> Outgoing:
     name = o.service_name(i)
     raw = o.service(name, o.vip(300_000 + i))
@@ -304,6 +372,8 @@ def identity_run(nats_url: str, allocators: int, labels: int) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": describe(), "services": args.services}
+    if args.end_to_end:
+        result["end_to_end"] = await list_to_maps(args)
     with Stack() as stack:
         manifest = o.write_manifest(stack.workdir / "load.json", args.services, 2)
         stack.start_nats()
@@ -333,7 +403,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(r: dict[str, Any]) -> None:
     w, b = r["watcher"], r["bus_to_maps"]
-    rows: list[tuple[str, str]] = [
+    rows: list[tuple[str, str]] = []
+    if "end_to_end" in r:
+        e = r["end_to_end"]
+        took = f"{e['events']} events in {e['applied_s']:.2f}s"
+        rows.append(("watcher list -> bus -> maps, end to end (events/s)",
+                     f"{e['events_per_s']:.0f} ({took})"))  # fmt: skip
+    rows += [
         ("watcher list -> bus (events/s)", f"{w['list_events_per_s']:.0f}"),
         ("API writes -> watcher -> bus -> maps (writes/s driven)",
          f"{w['watch']['api_writes_per_s']:.0f} (worker caught up "
@@ -362,6 +438,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--allocators", default="1,3")
     p.add_argument("--labels", type=int, default=1000)
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run watcher list -> bus -> maps on a stack of its own")  # fmt: skip
     p.add_argument("--out", default="bench/results/throughput.json")
     return p
 
