@@ -56,6 +56,7 @@ CHUNK = 4096  # entries per batch syscall
 _FULL = (errno.E2BIG, errno.ENOSPC)
 _NO_BATCH = (errno.EINVAL, errno.ENOTSUPP if hasattr(errno, "ENOTSUPP") else 524, errno.EOPNOTSUPP)
 T = TypeVar("T")
+_NOT_FILLED = (MAP_COUNTERS, MAP_SERVICE_RANGES)  # not written by the control plane
 
 
 def possible_cpus() -> int:
@@ -321,8 +322,14 @@ class BpfLBMap(PinnedMaps):
         return {
             name: (sum(1 for _ in m.views()), m.max_entries)
             for name, m in self.maps.items()
-            if name not in (MAP_COUNTERS, MAP_SERVICE_RANGES)
+            if name not in _NOT_FILLED
         }
+
+    @staticmethod
+    def capacities(capacities: MapCapacities | None = None) -> dict[str, int]:
+        """max_entries of the maps :meth:`fill` reports, known before any map exists."""
+        specs = map_specs(capacities or MapCapacities())
+        return {s.name: s.max_entries for s in specs if s.name not in _NOT_FILLED}
 
     # --- datapath counters and install-time settings -----------------------------------------
 

@@ -96,6 +96,9 @@ class FakeLBMap:
             revnat=dict(self.state.revnat),
         )
 
+    def close(self) -> None:
+        """Nothing to release (like BpfLBMap.close, which drops only fds: the state stays)."""
+
     def fill(self) -> dict[str, tuple[int, int]]:
         sizes = {
             MAP_SERVICES: len(self.state.services),

@@ -199,19 +199,50 @@ class ApplyResult:
 
 
 class Reconciler:
-    """Owns the mirror and the id allocators of one set of maps; applies desired state."""
+    """Owns the mirror and the id allocators of one set of maps; applies desired state.
+
+    The mirror and the allocators are read from the maps on first use (or by :meth:`restore`),
+    not at construction: a worker is built while its loader child may still be creating the
+    maps, and reads them once they exist."""
 
     def __init__(self, lbmap: LBMap) -> None:
         self.lbmap = lbmap
-        self.realised = Realised.from_state(lbmap.dump())
-        self.backend_ids, self.revnat_ids = self.realised.allocators()
+        self._realised: Realised | None = None
+        self._ids: tuple[IdAllocator[BackendAddr], IdAllocator[Frontend]] | None = None
         self.pending: set[Frontend] = set()
         self.orphan_backends: set[int] = set()
 
+    def restore(self) -> None:
+        """Build the mirror and both id allocators from the maps, so a restart renumbers
+        nothing (entries of unknown owners stay reserved until a prune deletes them)."""
+        self._realised = Realised.from_state(self.lbmap.dump())
+        self._ids = self._realised.allocators()
+
+    @property
+    def realised(self) -> Realised:
+        if self._realised is None:
+            self.restore()
+        assert self._realised is not None
+        return self._realised
+
+    @property
+    def backend_ids(self) -> IdAllocator[BackendAddr]:
+        if self._ids is None:
+            self.restore()
+        assert self._ids is not None
+        return self._ids[0]
+
+    @property
+    def revnat_ids(self) -> IdAllocator[Frontend]:
+        if self._ids is None:
+            self.restore()
+        assert self._ids is not None
+        return self._ids[1]
+
     def resync(self) -> None:
         """Rebuild the mirror from the maps (after a failed write left it uncertain)."""
-        self.realised = Realised.from_state(self.lbmap.dump())
-        self.orphan_backends = {b for b in self.realised.backends if not self.realised.refs[b]}
+        self._realised = Realised.from_state(self.lbmap.dump())
+        self.orphan_backends = {b for b in self._realised.backends if not self._realised.refs[b]}
 
     def apply(
         self,

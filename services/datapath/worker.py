@@ -181,31 +181,39 @@ class DatapathWorker:
             (msg for snap in snaps for msg in snap.messages),
             key=stream_seq,
         )
-        for msg in messages:
-            self._absorb(msg)
+        count = len(messages)
+        del snaps  # each message is dropped once absorbed: raw and decoded never all coexist
+        messages.reverse()
+        while messages:
+            self._absorb(messages.pop())
         self.model.flush()
         decoded = time.perf_counter()
+        # the maps may still be in the making (loader child): wait here, then read the mirror
+        await asyncio.to_thread(self.reconciler.restore)
+        restored = time.perf_counter()
         result = await asyncio.to_thread(self.reconciler.apply, self.model.frontends, prune=True)
         done = time.perf_counter()
-        m.SYNC_DURATION.labels("full").observe(done - decoded)
+        m.SYNC_DURATION.labels("full").observe(done - restored)
         for phase, seconds in (
             ("snapshot", read - started),
             ("decode", decoded - read),
-            ("apply", done - decoded),
+            ("maps", restored - decoded),
+            ("apply", done - restored),
             ("sync", done - started),
         ):
             m.BOOTSTRAP.labels(phase).set(seconds)
         self._account(result)
         self.synced = True
         log.info(
-            "%s: full sync of %d objects in %.3fs (snapshot %.3fs, decode %.3fs, apply %.3fs):"
-            " %d frontends, %d writes, %d errors",
+            "%s: full sync of %d objects in %.3fs (snapshot %.3fs, decode %.3fs, maps %.3fs,"
+            " apply %.3fs): %d frontends, %d writes, %d errors",
             self.node,
-            len(messages),
+            count,
             done - started,
             read - started,
             decoded - read,
-            done - decoded,
+            restored - decoded,
+            done - restored,
             len(self.model.frontends),
             result.writes,
             len(result.errors),
@@ -454,17 +462,25 @@ def open_maps(settings: DatapathSettings) -> tuple[LBMap, Callable[[], None], di
         return FakeLBMap(), lambda: None, {}
     from services.datapath import loader  # noqa: PLC0415
     from services.datapath.bpfmaps import BpfLBMap  # noqa: PLC0415
+    from services.datapath.deferredmaps import DeferredLBMap  # noqa: PLC0415
 
     if not settings.cgroup:
         raise ValueError("cgroup: required with maps=bpf (the cgroup2 path to attach to)")
     pin_dir = (
         Path(settings.pin_dir) if settings.pin_dir else loader.default_pin_dir(settings.node_name)
     )
-    version_dir = loader.install_in_child(  # hook: unknown service-CIDR addresses -> refused
-        pin_dir, Path(settings.cgroup), service_cidrs=settings.service_cidrs
-    )
-    bpf_maps = BpfLBMap(version_dir)
+
+    def install() -> BpfLBMap:
+        started = time.perf_counter()
+        version_dir = loader.install_in_child(  # hook: unknown service-CIDR addresses -> refused
+            pin_dir, Path(settings.cgroup), service_cidrs=settings.service_cidrs
+        )
+        m.BOOTSTRAP.labels("loader").set(time.perf_counter() - started)
+        return BpfLBMap(version_dir)
+
+    # the loader child compiles while the worker reads and decodes the snapshot (two cores);
     # the programs stay attached through their pinned links: closing only drops our fds
+    bpf_maps = DeferredLBMap(install, BpfLBMap.capacities())
     return bpf_maps, bpf_maps.close, {"sock_lb": loader.DEFAULT_VERSION}
 
 
