@@ -234,6 +234,42 @@ async def test_invalid_message_is_skipped_and_counted(
     assert resolved(lbmap.dump()) == resolved(fresh(TESTDATA / "clusterip.yaml"))
 
 
+async def test_vanished_consumer_is_recreated_and_the_status_follows_the_maps(
+    bus: Bus, start_worker: Callable[[FakeLBMap], asyncio.Future[Running]]
+) -> None:
+    clusterip, policy = TESTDATA / "clusterip.yaml", TESTDATA / "traffic-policy.yaml"
+    lbmap = checked_map()
+    run = await start_worker(lbmap)
+    last = await publish_events(bus, events(clusterip))  # live, not from the snapshot
+    await eventually(lambda: run.worker.applied_seq == last, what="live events applied")
+    await bus.js.delete_consumer(STREAM_K8S, durable_name(NODE))
+    # a slice whose name needs escaping (a dot) takes the slow subject check and still counts
+    dotted = next(e for e in events(policy) if e.kind == "endpointslice")
+    dotted = dotted.model_copy(update={"name": f"{dotted.name}.v2"})
+    last = await publish_events(bus, [*events(policy), dotted])
+    want = resolved(fresh(clusterip, policy))
+    await eventually(lambda: resolved(lbmap.dump()) == want, what="applied after recreation")
+    await eventually(lambda: run.worker.applied_seq == last, what="the recreated consumer")
+    owned = {
+        (e.namespace, e.name)
+        for e in [*events(clusterip), *events(policy), dotted]
+        if isinstance(e.object, EndpointSlice) and e.object.service_name
+    }
+    assert len(run.worker.slices) == len(owned)  # the dotted one was absorbed too
+    # the services-map entries are counted incrementally: they match the maps exactly
+    status = await last_status(bus, applied=last)
+    assert status.maps["services"].entries == len(lbmap.dump().services)
+    assert status.maps["backends"].entries == len(lbmap.dump().backends)
+    # a message whose body names another object than its subject: skipped and counted
+    before = metric("weir_datapath_bad_messages_total", kind="endpointslice")
+    await publish(bus.js, k8s_subject("endpointslice", "shop", "elsewhere"), dotted, msg_id="x-1")
+    await eventually(
+        lambda: metric("weir_datapath_bad_messages_total", kind="endpointslice") == before + 1,
+        what="mismatched subject counted",
+    )
+    assert resolved(lbmap.dump()) == want
+
+
 def test_cli_process_serves_readyz(nats_server: NatsServer, tmp_path: Path) -> None:
     """``weir datapath --maps fake`` as a real process: ready after the first sync, exits on
     SIGTERM."""
