@@ -10,7 +10,6 @@ malformed desired state is reported, not written.
 from __future__ import annotations
 
 import ctypes
-import functools
 import socket
 import struct
 from collections.abc import Callable, Iterable, Mapping
@@ -195,9 +194,9 @@ class EntryError(ValueError):
         self.field = field
 
 
-@functools.lru_cache(maxsize=65536)
 def _ip_raw(value: str) -> int:
-    """Dotted quad -> u32 whose in-memory bytes are network order (many slots share a VIP)."""
+    """Dotted quad -> u32 whose in-memory bytes are network order. Not cached: 100,000
+    distinct backend addresses would only churn a cache (the packers memoise VIPs per batch)."""
     return int.from_bytes(socket.inet_pton(socket.AF_INET, value), "little")
 
 
@@ -371,12 +370,17 @@ def _check_revnat(rev_nat_id: int, value: RevNatValue) -> None:
 def pack_services(items: Mapping[ServiceKey, ServiceValue]) -> Packed:
     n = len(items)
     keys, values = bytearray(n * _KEY.size), bytearray(n * _SERVICE.size)
-    kp, vp, ip, htons = _KEY.pack_into, _SERVICE.pack_into, _ip_raw, socket.htons
+    kp, vp, htons = _KEY.pack_into, _SERVICE.pack_into, socket.htons
     ks, vs = _KEY.size, _SERVICE.size
+    last, raw = None, 0  # a frontend's keys come together and share its VIP (object)
     try:
-        for i, (k, v) in enumerate(items.items()):
-            kp(keys, i * ks, ip(k.vip), htons(k.port), k.slot, k.proto)
-            vp(values, i * vs, v.backend_id, v.rev_nat_id, v.count, v.flags, v.affinity_timeout)
+        for i, ((vip, port, proto, slot), (bid, count, rid, flags, aff)) in enumerate(
+            items.items()
+        ):
+            if vip is not last:
+                raw, last = _ip_raw(vip), vip
+            kp(keys, i * ks, raw, htons(port), slot, proto)
+            vp(values, i * vs, bid, rid, count, flags, aff)
     except _PACK_ERRORS:
         _recheck(items.items(), _check_service)
         raise
@@ -386,10 +390,13 @@ def pack_services(items: Mapping[ServiceKey, ServiceValue]) -> Packed:
 def pack_service_keys(keys: Iterable[ServiceKey]) -> Packed:
     todo = list(keys)
     out = bytearray(len(todo) * _KEY.size)
-    kp, ip, htons, ks = _KEY.pack_into, _ip_raw, socket.htons, _KEY.size
+    kp, htons, ks = _KEY.pack_into, socket.htons, _KEY.size
+    last, raw = None, 0
     try:
-        for i, k in enumerate(todo):
-            kp(out, i * ks, ip(k.vip), htons(k.port), k.slot, k.proto)
+        for i, (vip, port, proto, slot) in enumerate(todo):
+            if vip is not last:
+                raw, last = _ip_raw(vip), vip
+            kp(out, i * ks, raw, htons(port), slot, proto)
     except _PACK_ERRORS:
         for k in todo:
             encode_service_key(k)

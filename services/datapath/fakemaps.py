@@ -14,7 +14,7 @@ can prove that the next sync converges after a failure anywhere in a plan.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from services.datapath.lbmap import (
@@ -201,7 +201,7 @@ def check_consistent(state: LBMapState) -> list[str]:
         if key.slot != 0:
             continue
         for slot in range(1, value.count + 1):
-            sk = replace(key, slot=slot)
+            sk = key._replace(slot=slot)
             sv = state.services.get(sk)
             if sv is None:
                 problems.append(

@@ -43,8 +43,9 @@ class BackendAddr(NamedTuple):
         return f"{self.ip}:{self.port}/{PROTO_NAMES.get(self.proto, self.proto)}"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Backend:
+class Backend(NamedTuple):
+    """One backend of a frontend: ordered by address, then state."""
+
     addr: BackendAddr
     state: BackendState = BackendState.ACTIVE
 

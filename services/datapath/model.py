@@ -21,9 +21,7 @@ kube-proxy (``pkg/proxy/topology.go`` CategorizeEndpoints and ``endpointslicecac
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from contracts.subjects import k8s_subject
@@ -36,9 +34,9 @@ from services.datapath.lbmap import PROTO_NUMBERS, BackendState, ServiceFlags
 ServiceRef = tuple[str, str]  # (namespace, name)
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One endpoint of one service port, after port resolution and deduplication."""
+class Candidate(NamedTuple):
+    """One endpoint of one service port, after port resolution and deduplication (a named
+    tuple: a cold sync builds one per endpoint, 100,000 of them)."""
 
     ip: str
     port: int
@@ -48,7 +46,12 @@ class Candidate:
     node_name: str | None = None
 
     def rank(self) -> int:
-        return 0 if self.ready else 1 if self.serving else 2
+        return _rank(self)
+
+
+def _rank(ep: EndpointView | Candidate) -> int:
+    """Which copy of a duplicated endpoint wins: ready, else serving, else any."""
+    return 0 if ep.ready else 1 if ep.serving else 2
 
 
 class EndpointView(NamedTuple):
@@ -183,7 +186,7 @@ def port_candidates(
     """Deduplicated candidates of one service port across the service's slices (by name)."""
     errors: list[str] = []
     want_name = sp.name or ""
-    best: dict[str, Candidate] = {}
+    best: dict[str, tuple[int, EndpointView, int]] = {}  # ip -> (rank, endpoint, port)
     for slice_name, raw in sorted(slices, key=lambda x: x[0]):
         es = raw if isinstance(raw, SliceView) else SliceView.of(raw)
         if es.address_type != "IPv4" or not es.endpoints:
@@ -204,19 +207,18 @@ def port_candidates(
         if port is None:
             continue
         for ep in es.endpoints:
-            cand = _candidate(ep, port)
-            if cand is None:
+            ip = ep.ip
+            if not _is_ipv4(ip):
                 continue
-            old = best.get(cand.ip)
-            if old is None or cand.rank() < old.rank():
-                best[cand.ip] = cand
-    return [best[ip] for ip in sorted(best)], errors
-
-
-def _candidate(ep: EndpointView, port: int) -> Candidate | None:
-    if not _is_ipv4(ep.ip):
-        return None
-    return Candidate(ep.ip, port, ep.ready, ep.serving, ep.terminating, ep.node_name)
+            rank = _rank(ep)
+            old = best.get(ip)
+            if old is None or rank < old[0]:
+                best[ip] = (rank, ep, port)
+    out = []
+    for ip in sorted(best):
+        _r, ep, port = best[ip]
+        out.append(Candidate(ip, port, ep.ready, ep.serving, ep.terminating, ep.node_name))
+    return out, errors
 
 
 def service_frontends(
@@ -258,8 +260,9 @@ def service_frontends(
                 local_only=local,
                 publish_not_ready=svc.publish_not_ready_addresses,
             )
+            # candidates come sorted by IP and unique by IP: already in Backend order
             backends = tuple(
-                sorted(Backend(BackendAddr(c.ip, c.port, proto), state) for c, state in chosen)
+                Backend(BackendAddr(c.ip, c.port, proto), state) for c, state in chosen
             )
             flags = base | (ServiceFlags.LOCAL_ONLY if local else ServiceFlags.NONE)
             spec = FrontendSpec(
@@ -286,7 +289,7 @@ class DesiredState:
         self._owned: dict[ServiceRef, dict[Frontend, FrontendSpec]] = {}
         self._claims: dict[Frontend, set[ServiceRef]] = {}
         self.frontends: dict[Frontend, FrontendSpec] = {}
-        self._backend_refs: Counter[BackendAddr] = Counter()  # frontends using each backend
+        self._backend_refs: dict[BackendAddr, int] = {}  # frontends using each backend
         self.errors: dict[ServiceRef, list[str]] = {}
         self._dirty: set[ServiceRef] = set()
 
@@ -381,13 +384,16 @@ class DesiredState:
             return
         refs = self._backend_refs
         if old is not None:
-            for b in old.backends:
-                refs[b.addr] -= 1
-                if not refs[b.addr]:
-                    del refs[b.addr]
+            for addr, _state in old.backends:
+                left = refs[addr] - 1
+                if left:
+                    refs[addr] = left
+                else:
+                    del refs[addr]
         if new is not None:
-            for b in new.backends:
-                refs[b.addr] += 1
+            get = refs.get
+            for addr, _state in new.backends:
+                refs[addr] = get(addr, 0) + 1
 
     def problems(self) -> list[str]:
         """Every current problem: per-service errors and frontends two services claim (the

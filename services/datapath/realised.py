@@ -44,17 +44,20 @@ class Realised:
         return set(self.masters) | set(self.slots)
 
     def update_services(self, items: Mapping[ServiceKey, ServiceValue]) -> None:
-        for key, value in items.items():
-            fe = Frontend.of(key)
-            if key.slot == 0:
-                self.masters[fe] = value
+        masters, all_slots, refs = self.masters, self.slots, self.refs
+        for (vip, port, proto, slot), value in items.items():
+            fe = Frontend(vip, port, proto)
+            if slot == 0:
+                masters[fe] = value
                 continue
-            slots = self.slots.setdefault(fe, {})
-            old = slots.get(key.slot)
+            slots = all_slots.get(fe)
+            if slots is None:
+                slots = all_slots[fe] = {}
+            old = slots.get(slot)
             if old is not None:
                 self._unref(old.backend_id)
-            slots[key.slot] = value
-            self.refs[value.backend_id] += 1
+            slots[slot] = value
+            refs[value.backend_id] = refs.get(value.backend_id, 0) + 1
 
     def delete_services(self, keys: Iterable[ServiceKey]) -> None:
         for key in keys:

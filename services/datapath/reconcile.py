@@ -101,45 +101,52 @@ def plan(
     ref_delta: dict[int, int] = {}
     for backend_id in orphan_backends:
         ref_delta.setdefault(backend_id, 0)
+    # the loop below runs once per backend of every target (100,000 at a cold sync): locals
+    slot_writes, trims = s["slots"].services, s["trim"].del_services
+    realised_slots, delta, allocate = realised.slots, ref_delta.get, backend_ids.allocate
+    no_slots: dict[int, ServiceValue] = {}
     try:
         for fe in sorted(set(targets)):
-            old_slots = realised.slot_backends(fe)
-            for backend_id in old_slots.values():
-                ref_delta[backend_id] = ref_delta.get(backend_id, 0) - 1
+            old_slots = realised_slots.get(fe, no_slots)
+            for old in old_slots.values():
+                ref_delta[old.backend_id] = delta(old.backend_id, 0) - 1
             spec = desired.get(fe)
             if spec is None:
-                present = fe in realised.masters or fe in realised.slots
+                present = fe in realised.masters or fe in realised_slots
                 if present or revnat_ids.get(fe) is not None:
                     _plan_delete(fe, realised, revnat_ids, s)
                 continue
             rid = revnat_ids.allocate(fe)
             by_id: dict[int, BackendValue] = {}
-            for b in spec.backends:
-                bid = backend_ids.allocate(b.addr)
-                value = BackendValue(b.addr.ip, b.addr.port, b.addr.proto, b.state)
-                by_id[bid] = value
+            for addr, state in spec.backends:
+                bid = allocate(addr)
+                value = by_id[bid] = BackendValue(addr.ip, addr.port, addr.proto, state)
                 prev = want_backends.get(bid)
-                if prev is None or value.state < prev.state:
+                if prev is None or state < prev.state:
                     want_backends[bid] = value
-            order = sorted(by_id)
-            for slot, bid in enumerate(order, start=1):
-                ref_delta[bid] = ref_delta.get(bid, 0) + 1
-                want = ServiceValue(backend_id=bid, rev_nat_id=rid)
-                if realised.slots.get(fe, {}).get(slot) != want:
-                    s["slots"].services[fe.key(slot)] = want
-            rn = RevNatValue(fe.vip, fe.port)
+            vip, port, proto = fe
+            count = 0
+            for bid in sorted(by_id):
+                count += 1
+                ref_delta[bid] = delta(bid, 0) + 1
+                want = ServiceValue(bid, 0, rid)
+                if old_slots.get(count) != want:
+                    slot_writes[ServiceKey(vip, port, proto, count)] = want
+            rn = RevNatValue(vip, port)
             if realised.revnat.get(rid) != rn:
                 s["revnat"].revnat[rid] = rn
-            flags = spec.flags | (ServiceFlags.NO_BACKENDS if not order else ServiceFlags.NONE)
+            flags = spec.flags | (ServiceFlags.NO_BACKENDS if not count else ServiceFlags.NONE)
             master = ServiceValue(
-                count=len(order),
+                count=count,
                 rev_nat_id=rid,
                 flags=ServiceFlags(flags),
                 affinity_timeout=spec.affinity_timeout,
             )
             if realised.masters.get(fe) != master:
-                s["masters"].services[fe.key()] = master
-            s["trim"].del_services.extend(fe.key(n) for n in sorted(old_slots) if n > len(order))
+                s["masters"].services[ServiceKey(vip, port, proto)] = master
+            if old_slots and max(old_slots) > count:  # slots beyond the new count
+                stale = [n for n in sorted(old_slots) if n > count]
+                trims.extend(ServiceKey(vip, port, proto, n) for n in stale)
     except IdSpaceExhaustedError as exc:
         raise MapFullError("backends" if "backend" in str(exc) else "revnat", str(exc)) from exc
     for bid, value in sorted(want_backends.items()):
