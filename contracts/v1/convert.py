@@ -26,7 +26,7 @@ from contracts.v1.namespace import Namespace
 from contracts.v1.networkpolicy import NetworkPolicy
 from contracts.v1.node import Node
 from contracts.v1.pod import Pod
-from contracts.v1.raw import Out, RawError, Src, locate
+from contracts.v1.raw import Out, RawError, Src, is_object, locate
 from contracts.v1.service import Service
 
 _KINDS: Final[dict[str, tuple[Callable[[Src], Out], type[Model]]]] = {
@@ -41,8 +41,8 @@ _KINDS: Final[dict[str, tuple[Callable[[Src], Out], type[Model]]]] = {
 
 def _ref(obj: object) -> tuple[str | None, str | None]:
     """Best-effort (namespace, name) for error messages, never raising."""
-    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
-    if not isinstance(meta, Mapping):
+    meta = obj.get("metadata") if is_object(obj) else None
+    if not is_object(meta):
         return None, None
     ns, name = meta.get("namespace"), meta.get("name")
     return (ns if isinstance(ns, str) else None), (name if isinstance(name, str) else None)
@@ -81,7 +81,7 @@ def from_k8s(kind: str, obj: Mapping[str, Any]) -> Payload:
     namespace, name = _ref(obj)
     if kind not in _KINDS:
         raise ContractError(kind, namespace, name, "", f"unknown kind; expected one of {K8S_KINDS}")
-    if not isinstance(obj, Mapping):
+    if not is_object(obj):
         raise ContractError(
             kind, None, None, "", f"expected a JSON object, got {type(obj).__name__}"
         )
@@ -133,7 +133,7 @@ def to_event(
     A DELETE whose object no longer converts (it may never have been valid) is still a valid
     tombstone: its payload is left out instead of failing, so consumers can drop their state.
     """
-    if not isinstance(obj, Mapping):
+    if not is_object(obj):
         raise ContractError(
             kind, None, None, "", f"expected a JSON object, got {type(obj).__name__}"
         )

@@ -9,6 +9,10 @@ payload is optional (the last known state when the producer had it).
 (namespace ``-`` when cluster-scoped). A relist or a restarted watcher republishes the same object
 version with the same id, so JetStream's duplicate window drops it. Names, namespaces and kinds
 cannot contain ``/``, so the id is unambiguous.
+
+``encoded()`` serialises an event once for a producer that also needs the payload's own bytes
+(the watcher hashes them to decide whether content changed): the payload is serialised once and
+spliced into the envelope, byte for byte what ``model_dump_json()`` returns.
 """
 
 from __future__ import annotations
@@ -42,6 +46,13 @@ Payload = Annotated[
 ]
 # Kinds whose object names must be DNS-1123 labels; every other kind allows subdomains.
 LABEL_NAMED_KINDS = frozenset({"service", "namespace"})
+
+
+_NO_OBJECT: Final = {"object"}
+
+
+def _to_json(model: Model) -> bytes:
+    return model.__pydantic_serializer__.to_json(model)
 
 
 class Op(StrEnum):
@@ -91,6 +102,12 @@ class K8sEvent(Model):
                 "object",
             )
         return self
+
+    def encoded(self) -> tuple[bytes, bytes]:
+        """(payload JSON, event JSON), equal to the two ``model_dump_json()`` results."""
+        body = b"null" if self.object is None else _to_json(self.object)
+        head = self.__pydantic_serializer__.to_json(self, exclude=_NO_OBJECT)
+        return body, b"".join((head[:-1], b',"object":', body, b"}"))
 
     def subject(self) -> str:
         return k8s_subject(self.kind, self.namespace, self.name)

@@ -174,7 +174,7 @@ def check_label_value(value: Any) -> str:
 
 
 def _check_labels(value: Any) -> dict[str, str]:
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):
         raise ValueError(f"{_short(value)} is not a map of labels")
     if len(value) > MAX_LABELS:
         raise ValueError(f"{len(value)} labels exceed the limit of {MAX_LABELS} labels per object")

@@ -2,7 +2,9 @@
 
 Validation happens exactly once per object version, here: ``contracts.to_event`` builds the
 UPSERT event (and raises :class:`ContractError` naming the field), and the observation carries
-that ready event so the sink publishes what was validated. The digest hashes the normalised
+that ready event so the sink publishes what was validated. Serialisation happens once too: the
+payload's JSON is hashed for the digest and spliced into the event's JSON, which the observation
+carries as the bytes the sink publishes (``K8sEvent.encoded``). The digest hashes the normalised
 *payload* only (not ``observed_at``/``producer``/``resourceVersion``), so two watchers, or one
 watcher before and after a restart, agree on whether content changed. :func:`digest_of` is the
 same function applied to events read back from the stream on takeover.
@@ -21,13 +23,14 @@ from typing import Any
 
 from contracts.subjects import CLUSTER_SCOPED_KINDS
 from contracts.v1 import ContractError, K8sEvent, Op, to_event
+from contracts.v1.raw import is_object
 from services.watcher.state import Fingerprint, Invalid, ObjectKey, Observation, Valid
 
 
 def digest_of(event: K8sEvent) -> str:
     """Content hash of an event's payload (empty payload hashes as the empty string)."""
-    body = event.object.model_dump_json() if event.object is not None else ""
-    return hashlib.sha256(body.encode()).hexdigest()
+    body = event.object.model_dump_json().encode() if event.object is not None else b""
+    return hashlib.sha256(body).hexdigest()
 
 
 def _text(meta: Mapping[str, Any], key: str) -> str:
@@ -37,8 +40,8 @@ def _text(meta: Mapping[str, Any], key: str) -> str:
 
 def object_key(kind: str, obj: Any) -> tuple[ObjectKey, str, str]:
     """Best-effort (key, uid, resourceVersion) of a raw object, even a malformed one."""
-    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
-    meta = meta if isinstance(meta, Mapping) else {}
+    meta = obj.get("metadata") if is_object(obj) else None
+    meta = meta if is_object(meta) else {}
     namespace = None if kind in CLUSTER_SCOPED_KINDS else (_text(meta, "namespace") or None)
     key = ObjectKey(kind, namespace, _text(meta, "name"))
     return key, _text(meta, "uid"), _text(meta, "resourceVersion")
@@ -52,7 +55,7 @@ def make_normaliser(
 
     def normalise(kind: str, obj: Any) -> Observation:
         key, uid, rv = object_key(kind, obj)
-        if not isinstance(obj, Mapping):
+        if not is_object(obj):
             return Invalid(key, uid, rv, "", f"expected a JSON object, got {type(obj).__name__}")
         try:
             event = to_event(kind, Op.UPSERT, obj, producer, now())
@@ -60,8 +63,8 @@ def make_normaliser(
             return Invalid(key, uid, rv, exc.field, exc.message)
         # the key the event will be published under (the contracts own the namespace rule)
         valid_key = ObjectKey(kind, event.namespace, event.name)
-        return Valid(
-            valid_key, Fingerprint(event.uid, event.resource_version, digest_of(event)), event
-        )
+        body, data = event.encoded()  # an UPSERT always has its payload: body is never "null"
+        digest = hashlib.sha256(body).hexdigest()
+        return Valid(valid_key, Fingerprint(event.uid, event.resource_version, digest), event, data)
 
     return normalise

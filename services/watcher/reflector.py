@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from services.common.bus import reconnect_delay
 from services.watcher import metrics
+from services.watcher.gcphase import BULK
 from services.watcher.kube import Gone, KubeError, KubeSource, WatchIdle
 from services.watcher.state import (
     Action,
@@ -113,6 +114,10 @@ class Reflector:
 
     async def relist(self, reason: str) -> None:
         metrics.RELISTS.labels(self.kind, reason).inc()
+        with BULK.phase():  # see services.watcher.gcphase
+            await self._relist()
+
+    async def _relist(self) -> None:
         listing = await self._source.list(self.kind)
         observations = []
         for i, item in enumerate(listing.items):

@@ -96,11 +96,13 @@ def report_message(action: Report, producer: str, observed_at: datetime) -> Vali
     )
 
 
-def outgoing(action: Action, producer: str, observed_at: datetime) -> tuple[str, BaseModel, str]:
-    """(subject, message, msg id) of one action."""
+def outgoing(
+    action: Action, producer: str, observed_at: datetime
+) -> tuple[str, BaseModel | bytes, str]:
+    """(subject, message or its ready JSON, msg id) of one action."""
     match action:
-        case Upsert(payload=event):
-            return event.subject(), event, event.msg_id()
+        case Upsert(payload=event, data=data):
+            return event.subject(), data or event, event.msg_id()
         case Delete():
             tomb = delete_event(action, producer, observed_at)
             return tomb.subject(), tomb, tomb.msg_id()

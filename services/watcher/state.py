@@ -48,11 +48,13 @@ class Fingerprint:
 
 @dataclass(frozen=True, slots=True)
 class Valid:
-    """An object that passed contract validation; ``payload`` is what an UPSERT publishes."""
+    """An object that passed contract validation; ``payload`` is what an UPSERT publishes,
+    ``data`` its serialised form when the normaliser made it (else the sink serialises)."""
 
     key: ObjectKey
     fingerprint: Fingerprint
     payload: Any
+    data: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,7 @@ class Upsert:
     key: ObjectKey
     fingerprint: Fingerprint
     payload: Any
+    data: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,13 +141,12 @@ def decide_present(index: PublishedIndex, obs: Observation) -> list[Action]:
     if isinstance(obs, Invalid):
         return [] if index.already_reported(obs) else [Report(obs)]
     old = index.get(obs.key)
-    if old is None:
-        return [Upsert(obs.key, obs.fingerprint, obs.payload)]
-    if _same_content(old, obs.fingerprint):
+    if old is not None and _same_content(old, obs.fingerprint):
         return []
-    if old.uid != obs.fingerprint.uid:
-        return [Delete(obs.key, old), Upsert(obs.key, obs.fingerprint, obs.payload)]
-    return [Upsert(obs.key, obs.fingerprint, obs.payload)]
+    upsert = Upsert(obs.key, obs.fingerprint, obs.payload, obs.data)
+    if old is not None and old.uid != obs.fingerprint.uid:
+        return [Delete(obs.key, old), upsert]
+    return [upsert]
 
 
 def decide_deleted(index: PublishedIndex, final: Observation) -> list[Action]:

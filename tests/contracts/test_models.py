@@ -25,9 +25,11 @@ from contracts.v1 import (
     ValidationReport,
     from_k8s,
     identity_label,
+    to_event,
 )
 from contracts.v1.errors import FieldIssue
 from contracts.v1.meta import MAX_LABELS
+from tests.contracts.conftest import FIXTURES, load
 
 NOW = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 
@@ -365,3 +367,34 @@ def test_flow_round_trip_property(verdict: str, sport: int, dport: int) -> None:
         l4={"udp": {"source_port": sport, "destination_port": dport}},
     )
     assert Flow.model_validate_json(f.model_dump_json()) == f
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in FIXTURES.glob("*-realistic*.yaml")), ids=lambda n: n[:-5]
+)
+@pytest.mark.parametrize("op", [Op.UPSERT, Op.DELETE])
+def test_encoded_is_model_dump_json_byte_for_byte(name: str, op: Op) -> None:
+    raw = load(name)
+    raw["metadata"].update(uid="u-1", resourceVersion="9")
+    kind = name.split("-", 1)[0]
+    event = to_event(kind, op, raw, "producer-1", NOW)
+    body, data = event.encoded()
+    assert data == event.model_dump_json().encode()
+    assert event.object is not None and body == event.object.model_dump_json().encode()
+    assert K8sEvent.model_validate_json(data) == event
+
+
+def test_encoded_tombstone_without_payload() -> None:
+    tomb = K8sEvent(
+        kind="service",
+        op=Op.DELETE,
+        namespace="default",
+        name="web",
+        uid="u",
+        resource_version="3",
+        observed_at=NOW,
+        producer="p",
+    )
+    body, data = tomb.encoded()
+    assert body == b"null"
+    assert data == tomb.model_dump_json().encode()

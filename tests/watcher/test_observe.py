@@ -93,3 +93,10 @@ def test_digest_survives_a_round_trip_through_json() -> None:
     assert isinstance(obs, Valid)
     back = K8sEvent.model_validate_json(obs.payload.model_dump_json())
     assert digest_of(back) == obs.fingerprint.digest
+
+
+def test_valid_carries_the_event_serialised_once() -> None:
+    obs = normalise("endpointslice", stamped("endpointslice", "web"))
+    assert isinstance(obs, Valid)
+    assert obs.data == obs.payload.model_dump_json().encode()
+    assert K8sEvent.model_validate_json(obs.data) == obs.payload
