@@ -16,6 +16,10 @@ after compaction of other kinds' events. Decisions (publish or not, and what) co
 :mod:`.state`; the loop only moves data between the API source and the :class:`Sink`, and records
 into the index what the sink confirms, so a crash or failed publish is repaired by the next relist
 with nothing published twice.
+
+A relist is published in pieces of :data:`RELIST_CHUNK` objects while the next piece is being
+normalised (one piece in flight), so the bus works on one piece while the watcher converts the
+next; the DELETEs for objects that vanished follow once the whole listing has been seen.
 """
 
 from __future__ import annotations
@@ -34,10 +38,10 @@ from services.watcher.state import (
     Action,
     Observation,
     PublishedIndex,
+    RelistDiff,
     Report,
     decide_deleted,
     decide_present,
-    decide_relist,
 )
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,8 @@ log = logging.getLogger(__name__)
 
 # objects normalised between two yields to the event loop during a relist
 RELIST_YIELD_EVERY = 200
+# objects per published piece of a relist: the next piece is normalised while this one is sent
+RELIST_CHUNK = 1000
 
 
 class SinkError(RuntimeError):
@@ -119,14 +125,28 @@ class Reflector:
 
     async def _relist(self) -> None:
         listing = await self._source.list(self.kind)
-        observations = []
-        for i, item in enumerate(listing.items):
-            observations.append(self._normalise(self.kind, item))
-            if i % RELIST_YIELD_EVERY == RELIST_YIELD_EVERY - 1:
-                # Normalising tens of thousands of objects takes seconds of CPU; yield so the
-                # leader lease keeps renewing and the other kinds' watches keep flowing.
-                await asyncio.sleep(0)
-        await self._apply(decide_relist(self._index, self.kind, observations))
+        diff = RelistDiff(self._index, self.kind)
+        items = listing.items
+        sending: asyncio.Task[None] | None = None
+        try:
+            for start in range(0, len(items), RELIST_CHUNK):
+                actions: list[Action] = []
+                for i, item in enumerate(items[start : start + RELIST_CHUNK], 1):
+                    actions.extend(diff.present(self._normalise(self.kind, item)))
+                    if i % RELIST_YIELD_EVERY == 0:
+                        # Normalising tens of thousands of objects takes seconds of CPU; yield so
+                        # the previous chunk's publishes, the lease and the other kinds progress.
+                        await asyncio.sleep(0)
+                if sending is not None:
+                    await sending  # at most one chunk in flight; a failure stops the relist
+                sending = asyncio.create_task(self._apply(actions)) if actions else None
+            if sending is not None:
+                await sending
+            await self._apply(diff.vanished())
+        finally:
+            if sending is not None and not sending.done():
+                sending.cancel()
+                await asyncio.gather(sending, return_exceptions=True)
         self.resource_version = listing.resource_version
         self.synced.set()
 

@@ -158,21 +158,37 @@ def decide_deleted(index: PublishedIndex, final: Observation) -> list[Action]:
     return [Delete(final.key, old, final)]
 
 
-def decide_relist(index: PublishedIndex, kind: str, listed: Iterable[Observation]) -> list[Action]:
-    """Diff a *complete* listing of ``kind`` against the index: deletes first, then upserts.
+class RelistDiff:
+    """The diff of one *complete* listing of ``kind``, fed in pieces so a relist can publish
+    while it is still normalising: :meth:`present` per listed object, then :meth:`vanished` once.
 
-    Invalid objects count as present, so a bad edit never turns into a DELETE.
+    Invalid objects count as present, so a bad edit never turns into a DELETE. A key listed twice
+    counts once (the first). Pieces may be published as they come: their keys are distinct, and
+    a re-creation's DELETE + UPSERT pair stays within one piece, in that order.
     """
-    seen: set[ObjectKey] = set()
-    changes: list[Action] = []
-    for obs in listed:
-        if obs.key in seen:
-            continue
-        seen.add(obs.key)
-        changes.extend(decide_present(index, obs))
-    vanished: list[Action] = [
-        Delete(key, fp)
-        for key in sorted(index.keys(kind))
-        if key not in seen and (fp := index.get(key)) is not None
-    ]
-    return vanished + changes
+
+    def __init__(self, index: PublishedIndex, kind: str) -> None:
+        self._index = index
+        self._kind = kind
+        self._seen: set[ObjectKey] = set()
+
+    def present(self, obs: Observation) -> list[Action]:
+        if obs.key in self._seen:
+            return []
+        self._seen.add(obs.key)
+        return decide_present(self._index, obs)
+
+    def vanished(self) -> list[Action]:
+        """DELETEs for what the index has and the listing did not (call after every present)."""
+        return [
+            Delete(key, fp)
+            for key in sorted(self._index.keys(self._kind))
+            if key not in self._seen and (fp := self._index.get(key)) is not None
+        ]
+
+
+def decide_relist(index: PublishedIndex, kind: str, listed: Iterable[Observation]) -> list[Action]:
+    """Diff a *complete* listing of ``kind`` against the index: deletes first, then upserts."""
+    diff = RelistDiff(index, kind)
+    changes = [action for obs in listed for action in diff.present(obs)]
+    return diff.vanished() + changes
