@@ -152,7 +152,7 @@ def to_event(
             raise
         payload = None
     try:
-        return K8sEvent(
+        return K8sEvent.checked(
             kind=kind,
             op=op,
             namespace=namespace,

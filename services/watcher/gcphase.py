@@ -8,11 +8,14 @@ about as much CPU as the conversion itself (normalising 10k Services + 10k Endpo
 freed by reference counting anyway; the cyclic collector finds almost nothing in it.
 
 So while any relist runs, automatic collection is off (a counter, because the kinds relist
-concurrently and the collector is process-wide). When the last one ends, one explicit pass
-collects whatever cycles the phase left, and :func:`gc.freeze` moves the survivors (the published
-index, modules, the loop's long-lived objects) out of the collector's view: later full passes on
-the watch path then walk only what changed since, which keeps them from stalling the event loop
-(the per-change latency tail). Frozen objects are still freed by reference counting.
+concurrently and the collector is process-wide). When the last one ends, one explicit pass over
+the youngest generation (with automatic passes off, that is exactly what the phase allocated and
+still holds) collects whatever cycles the phase left, and :func:`gc.freeze` moves the survivors
+(the published index, modules, the loop's long-lived objects) out of the collector's view: later
+full passes on the watch path then walk only what changed since, which keeps them from stalling
+the event loop (the per-change latency tail). A *full* pass here instead walked the whole heap,
+kubernetes-asyncio's thousands of model classes included: 130 ms on the loaded 2-core machine.
+Frozen objects are still freed by reference counting.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class BulkPhases:
 
     def _settle(self) -> None:
         started = time.perf_counter()
-        found = gc.collect()
+        found = gc.collect(0)
         gc.freeze()
         if self._was_enabled:
             gc.enable()

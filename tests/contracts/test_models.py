@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -398,3 +398,58 @@ def test_encoded_tombstone_without_payload() -> None:
     body, data = tomb.encoded()
     assert body == b"null"
     assert data == tomb.model_dump_json().encode()
+
+
+def _event_fields(**change: Any) -> dict[str, Any]:
+    raw = load("service-realistic.yaml")
+    payload = from_k8s("service", raw)
+    fields: dict[str, Any] = dict(
+        kind="service",
+        op=Op.UPSERT,
+        namespace="default",
+        name="web",
+        uid="u-1",
+        resource_version="7",
+        observed_at=datetime(2024, 5, 1, 12, 0, tzinfo=timezone(timedelta(hours=2))),
+        producer="p",
+        object=payload,
+    )
+    return fields | change
+
+
+def test_checked_event_equals_the_validated_one() -> None:
+    fields = _event_fields()
+    fast, full = K8sEvent.checked(**fields), K8sEvent(**fields)
+    assert fast == full
+    assert fast.observed_at == NOW and fast.observed_at.tzinfo is UTC
+    assert fast.model_dump_json() == full.model_dump_json()
+    assert fast.model_fields_set == full.model_fields_set
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"namespace": None}, "namespace"),
+        ({"namespace": "Not_A_Label"}, "namespace"),
+        ({"name": "Bad_Name"}, "name"),
+        ({"name": ""}, "name"),
+        ({"uid": ""}, "uid"),
+        ({"producer": ""}, "producer"),
+        ({"object": None}, "object"),
+        ({"kind": "pod"}, "object"),
+        ({"kind": "widget"}, "kind"),
+        ({"observed_at": datetime(2024, 5, 1, 10, 0)}, "observed_at"),
+    ],
+)
+def test_checked_event_rejects_like_the_model(change: dict[str, Any], field: str) -> None:
+    fields = _event_fields(**change)
+    with pytest.raises(ValidationError) as fast:
+        K8sEvent.checked(**fields)
+    with pytest.raises(ValidationError) as full:
+        K8sEvent(**fields)
+
+    def summary(exc: ValidationError) -> list[tuple[Any, ...]]:
+        return [(e["type"], e["loc"], e["msg"]) for e in exc.errors()]
+
+    assert summary(fast.value) == summary(full.value)
+    assert field in str(fast.value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -45,8 +47,15 @@ async def test_create_replace_delete(
     assert ev.object is not None and ev.object.kind == kind
     assert up.headers["Nats-Msg-Id"] == ev.msg_id()
     assert "traceparent" in up.headers
-    spans = [(s.kind.name, dict(s.attributes or {})) for s in span_exporter.get_finished_spans()]
-    mine = [(k, a) for k, a in spans if a.get("messaging.destination.name") == subject]
+    # the spans end when the stream's ack is back at the watcher, which can be after the tap
+    # has the message: wait for them
+    for _ in range(200):
+        finished = span_exporter.get_finished_spans()
+        spans = [(s.kind.name, dict(s.attributes or {})) for s in finished]
+        mine = [(k, a) for k, a in spans if a.get("messaging.destination.name") == subject]
+        if {k for k, _ in mine} >= {"PRODUCER", "INTERNAL"}:
+            break
+        await asyncio.sleep(0.01)
     assert {k for k, _ in mine} >= {"PRODUCER", "INTERNAL"}
     assert any(a.get("weir.object") == str(ObjectKey(kind, ns, name)) for _, a in mine)
 
