@@ -40,6 +40,7 @@ K8S_KINDS: Final = ("service", "endpointslice", "pod", "namespace", "node", "net
 CLUSTER_SCOPED_KINDS: Final = frozenset({"namespace", "node"})
 
 _SAFE = re.compile(r"[A-Za-z0-9-]")
+_ALL_SAFE = re.compile(r"[A-Za-z0-9-]+")  # most names: nothing to escape, one regex call
 _ESCAPED = re.compile(r"_([0-9a-f]{2})")
 _VALID_TOKEN = re.compile(r"^(?:[A-Za-z0-9-]|_[0-9a-f]{2})+$")
 
@@ -52,6 +53,8 @@ def escape_token(value: str) -> str:
     """Escape any string into a single valid NATS subject token (reversible)."""
     if value == "":
         raise SubjectError("cannot escape an empty string into a subject token")
+    if _ALL_SAFE.fullmatch(value):
+        return value
     out: list[str] = []
     for ch in value:
         if _SAFE.fullmatch(ch):

@@ -91,7 +91,7 @@ def from_k8s(kind: str, obj: Mapping[str, Any]) -> Payload:
     except RawError as exc:
         raise ContractError(kind, namespace, name, exc.path, exc.message) from None
     try:
-        payload: Payload = model.model_validate(out)  # type: ignore[assignment]
+        payload: Payload = model.model_validate(out.data)  # type: ignore[assignment]
     except ValidationError as exc:
         raise contract_error(kind, namespace, name, exc, out) from None
     return payload

@@ -90,36 +90,64 @@ class Src:
         raise RawError(self.at(key), f"expected a string, got {_type_name(value)}")
 
 
-class Out(dict[str, Any]):
-    """Model input under construction (a plain dict to pydantic) plus the Kubernetes path of
-    every field, and of every list item whose path is not simply ``<list path>[i]``."""
+class Out:
+    """Model input under construction plus the Kubernetes path of every field, and of every list
+    item whose path is not simply ``<list path>[i]``.
 
-    __slots__ = ("item_paths", "path", "paths")
+    ``data`` is what pydantic validates: a tree of *plain* dicts and lists (pydantic-core takes
+    its fast path only for exact ``dict``; a dict subclass here cost 2-3 us per object). The
+    nested :class:`Out` nodes are kept beside it in ``nodes`` for :func:`locate`.
+    """
+
+    __slots__ = ("data", "item_paths", "nodes", "path", "paths")
 
     def __init__(self, path: str = "") -> None:
-        super().__init__()
+        self.data: dict[str, Any] = {}
         self.path = path
         self.paths: dict[str, str] = {}
-        self.item_paths: dict[str, list[str]] = {}
+        self.nodes: dict[str, Any] | None = None
+        self.item_paths: dict[str, list[str]] | None = None
 
     def put(self, key: str, value: Any, path: str) -> None:
-        """Set ``key``; None means "use the model default" and is left out."""
+        """Set ``key``; None means "use the model default" and is left out. ``value`` may be an
+        :class:`Out` or a list of them."""
         self.paths[key] = path
-        if value is not None:
-            self[key] = value
+        if value is None:
+            return
+        if type(value) is Out:
+            self.data[key] = value.data
+        elif type(value) is list and any(type(v) is Out for v in value):
+            self.data[key] = [v.data if type(v) is Out else v for v in value]
+        else:
+            self.data[key] = value
+            return
+        if self.nodes is None:
+            self.nodes = {}
+        self.nodes[key] = value
 
     def take(self, key: str, src: Src, raw_key: str) -> None:
         value = src.data.get(raw_key)
         self.paths[key] = f"{src.path}.{raw_key}" if src.path else raw_key
         if value is not None:
-            self[key] = value
+            self.data[key] = value
 
     def put_items(self, key: str, items: list[tuple[Any, str]], path: str) -> None:
         """Set ``key`` to a list whose items come from scattered places (``(value, path)``)."""
         self.paths[key] = path
         if items:
-            self[key] = [value for value, _ in items]
+            self.data[key] = [value for value, _ in items]
+            if self.item_paths is None:
+                self.item_paths = {}
             self.item_paths[key] = [item_path for _, item_path in items]
+
+    def child(self, key: str) -> Any:
+        """What was put at ``key``: the nested :class:`Out` (or list) if any, else the value."""
+        if self.nodes is not None and key in self.nodes:
+            return self.nodes[key]
+        return self.data.get(key)
+
+    def items_path(self, key: str) -> list[str] | None:
+        return self.item_paths.get(key) if self.item_paths is not None else None
 
 
 def locate(root: Out, loc: tuple[str | int, ...]) -> str:
@@ -131,7 +159,7 @@ def locate(root: Out, loc: tuple[str | int, ...]) -> str:
     while rest:
         part = rest[0]
         if isinstance(node, Out) and isinstance(part, str) and part in node.paths:
-            path, items, node = node.paths[part], node.item_paths.get(part), node.get(part)
+            path, items, node = node.paths[part], node.items_path(part), node.child(part)
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
             if isinstance(node, Out):
@@ -142,10 +170,11 @@ def locate(root: Out, loc: tuple[str | int, ...]) -> str:
         else:
             break
         rest.pop(0)
+    mapping = node.data if isinstance(node, Out) else node
     for part in rest:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif isinstance(node, Mapping) and part in node:
+        elif isinstance(mapping, Mapping) and part in mapping:
             path += f"[{part}]"
             break
     return path
