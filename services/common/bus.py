@@ -174,19 +174,24 @@ async def publish_batch(
     slots = asyncio.Semaphore(max(1, window))
     inflight: dict[int, asyncio.Future[PubAck]] = {}
 
-    def settle(i: int, span: Span, fut: asyncio.Future[PubAck]) -> None:
+    traced = tracing.enabled()  # once per batch: with tracing off a message needs no span
+
+    def settle(i: int, span: Span | None, fut: asyncio.Future[PubAck]) -> None:
         inflight.pop(i, None)
         slots.release()
         if fut.cancelled():
             retry.append(i)
         elif (exc := fut.exception()) is not None:
             (retry.append(i) if _is_transient(exc) else errors.__setitem__(i, exc))
-            span.record_exception(exc)
+            if span is not None:
+                span.record_exception(exc)
         else:
             ack = acks[i] = fut.result()
-            span.set_attribute(tracing.ATTR_STREAM, ack.stream)
-            span.set_attribute(tracing.ATTR_STREAM_SEQUENCE, ack.seq)
-        span.end()
+            if span is not None:
+                span.set_attribute(tracing.ATTR_STREAM, ack.stream)
+                span.set_attribute(tracing.ATTR_STREAM_SEQUENCE, ack.seq)
+        if span is not None:
+            span.end()
 
     for i, o in enumerate(queue):
         try:
@@ -198,14 +203,19 @@ async def publish_batch(
             for fut in list(inflight.values()):
                 fut.cancel()
             await slots.acquire()
-        span = tracing.start_producer_span(o.subject, o.msg_id, context=o.parent)
-        hdrs = tracing.inject_span(o.headers, span)
+        span: Span | None = None
+        if traced:
+            span = tracing.start_producer_span(o.subject, o.msg_id, context=o.parent)
+            hdrs = tracing.inject_span(o.headers, span)
+        else:
+            hdrs = dict(o.headers) if o.headers else {}
         hdrs[MSG_ID_HEADER] = o.msg_id
         try:
             fut = await js.publish_async(o.subject, payloads[i], headers=hdrs)
         except Exception:
             slots.release()
-            span.end()
+            if span is not None:
+                span.end()
             retry.append(i)
             continue
         inflight[i] = fut

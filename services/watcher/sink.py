@@ -112,8 +112,11 @@ def outgoing(
     raise TypeError(f"not an action: {action!r}")  # pragma: no cover
 
 
+_OPS: dict[type, str] = {Upsert: "UPSERT", Delete: "DELETE", Report: "REPORT"}
+
+
 def _op(action: Action) -> str:
-    return {Upsert: "UPSERT", Delete: "DELETE", Report: "REPORT"}[type(action)]
+    return _OPS[type(action)]
 
 
 def _kind(action: Action) -> str:
@@ -158,8 +161,9 @@ class NatsSink:
         traced = tracing.enabled()
         items: list[Outgoing] = []
         spans = []
+        now = self._now()  # one observation time for the tombstones and reports of a batch
         for action in actions:
-            subject, message, msg_id = outgoing(action, self._producer, self._now())
+            subject, message, msg_id = outgoing(action, self._producer, now)
             parent = None
             if traced:
                 span = self._tracer.start_span(

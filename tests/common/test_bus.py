@@ -8,6 +8,7 @@ import json
 import pytest
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import BaseModel
 
 from contracts import subjects as s
@@ -23,6 +24,7 @@ from services.common.bus import (
     publish_batch,
 )
 from services.common.streams import K8S_HISTORY
+from services.common.tracing import ATTR_STREAM_SEQUENCE
 
 
 async def test_provision_is_idempotent(bus: Bus) -> None:
@@ -275,3 +277,23 @@ async def test_last_per_subject_while_publishing(bus: Bus) -> None:
     assert {m.subject: m.data for m in snap.messages} == expected
     seqs = [m.metadata.sequence.stream for m in snap.messages]
     assert seqs == sorted(seqs) and max(seqs) <= snap.sequence
+
+
+async def test_publish_batch_traces_each_message_when_tracing_is_on(
+    bus: Bus, span_exporter: InMemorySpanExporter
+) -> None:
+    items = [
+        Outgoing(s.k8s_subject("pod", "ns", f"t{i}"), f"{i}".encode(), f"traced-{i}")
+        for i in range(20)
+    ]
+    acks = await publish_batch(bus.js, items, window=8)
+    producers = [sp for sp in span_exporter.get_finished_spans() if sp.kind.name == "PRODUCER"]
+    by_id = {(sp.attributes or {}).get("messaging.message.id"): sp for sp in producers}
+    assert set(by_id) >= {o.msg_id for o in items}
+    for o, ack in zip(items, acks, strict=True):
+        attrs = by_id[o.msg_id].attributes or {}
+        assert attrs.get(ATTR_STREAM_SEQUENCE) == ack.seq
+        msg = await bus.js.get_last_msg(s.STREAM_K8S, o.subject)
+        assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == o.msg_id
+        trace_id = f"{by_id[o.msg_id].context.trace_id:032x}"
+        assert trace_id in msg.headers["traceparent"]
