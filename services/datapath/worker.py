@@ -181,18 +181,13 @@ class DatapathWorker:
         started = time.perf_counter()
         # The bootstrap allocates a few million long-lived objects: with the cyclic GC rescanning
         # them rarely it is several times faster, and freezing them afterwards keeps full
-        # collections from walking the whole desired state on every later change. Changes then
-        # replace that state piece by piece, and every replacement survives into the oldest
-        # generation: at the default gen-2 threshold a full collection walked all of them every
-        # ~70,000 allocations (~40 % of the model's and ~25 % of the reconciler's CPU per event
-        # under churn). Young collections stay as they were (short-lived cycles die there);
-        # full ones run 100 times less often.
-        young, middle, full = gc.get_threshold()
+        # collections from walking the whole desired state on every later change.
+        thresholds = gc.get_threshold()
         gc.set_threshold(50_000, 20, 1_000)
         try:
             return await self._bootstrap(js, started)
         finally:
-            gc.set_threshold(young, middle, max(full, 1_000))
+            gc.set_threshold(*thresholds)
             gc.freeze()
 
     async def _bootstrap(self, js: JetStreamContext, started: float) -> int:
