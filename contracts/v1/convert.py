@@ -85,6 +85,11 @@ def from_k8s(kind: str, obj: Mapping[str, Any]) -> Payload:
         raise ContractError(
             kind, None, None, "", f"expected a JSON object, got {type(obj).__name__}"
         )
+    return _payload(kind, obj, namespace, name)
+
+
+def _payload(kind: str, obj: Mapping[str, Any], namespace: str | None, name: str | None) -> Payload:
+    """:func:`from_k8s` for a known kind and a JSON object; ``namespace``/``name`` for errors."""
     reshape, model = _KINDS[kind]
     try:
         out = reshape(Src(obj))
@@ -97,8 +102,9 @@ def from_k8s(kind: str, obj: Mapping[str, Any]) -> Payload:
     return payload
 
 
-def _metadata(kind: str, obj: Mapping[str, Any]) -> tuple[str | None, str, str, str]:
-    namespace, name = _ref(obj)
+def _metadata(
+    kind: str, obj: Mapping[str, Any], namespace: str | None, name: str | None
+) -> tuple[str | None, str, str, str]:
     try:
         meta = Src(obj).obj("metadata")
         for key in ("name", "namespace", "uid", "resourceVersion"):
@@ -143,10 +149,11 @@ def to_event(
         op = Op(op)
     except ValueError:
         raise ContractError(kind, *_ref(obj), "", f"unknown op {op!r}") from None
-    namespace, name, uid, resource_version = _metadata(kind, obj)
+    ref_ns, ref_name = _ref(obj)
+    namespace, name, uid, resource_version = _metadata(kind, obj, ref_ns, ref_name)
     payload: Payload | None
     try:
-        payload = from_k8s(kind, obj)
+        payload = _payload(kind, obj, ref_ns, ref_name)
     except ContractError:
         if op is Op.UPSERT:
             raise

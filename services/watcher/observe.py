@@ -54,12 +54,13 @@ def make_normaliser(
     now = clock or (lambda: datetime.now(UTC))
 
     def normalise(kind: str, obj: Any) -> Observation:
-        key, uid, rv = object_key(kind, obj)
         if not is_object(obj):
+            key, uid, rv = object_key(kind, obj)
             return Invalid(key, uid, rv, "", f"expected a JSON object, got {type(obj).__name__}")
         try:
             event = to_event(kind, Op.UPSERT, obj, producer, now())
         except ContractError as exc:
+            key, uid, rv = object_key(kind, obj)  # best effort, only needed for the report
             return Invalid(key, uid, rv, exc.field, exc.message)
         # the key the event will be published under (the contracts own the namespace rule)
         valid_key = ObjectKey(kind, event.namespace, event.name)

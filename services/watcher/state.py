@@ -180,11 +180,8 @@ class RelistDiff:
 
     def vanished(self) -> list[Action]:
         """DELETEs for what the index has and the listing did not (call after every present)."""
-        return [
-            Delete(key, fp)
-            for key in sorted(self._index.keys(self._kind))
-            if key not in self._seen and (fp := self._index.get(key)) is not None
-        ]
+        gone = sorted(key for key in self._index.keys(self._kind) if key not in self._seen)
+        return [Delete(key, fp) for key in gone if (fp := self._index.get(key)) is not None]
 
 
 def decide_relist(index: PublishedIndex, kind: str, listed: Iterable[Observation]) -> list[Action]:
