@@ -385,16 +385,7 @@ def test_encoded_is_model_dump_json_byte_for_byte(name: str, op: Op) -> None:
 
 
 def test_encoded_tombstone_without_payload() -> None:
-    tomb = K8sEvent(
-        kind="service",
-        op=Op.DELETE,
-        namespace="default",
-        name="web",
-        uid="u",
-        resource_version="3",
-        observed_at=NOW,
-        producer="p",
-    )
+    tomb = K8sEvent(**_event_fields(op=Op.DELETE, object=None))
     body, data = tomb.encoded()
     assert body == b"null"
     assert data == tomb.model_dump_json().encode()
