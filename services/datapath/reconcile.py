@@ -225,6 +225,11 @@ class Reconciler:
         self._realised = Realised.from_state(self.lbmap.dump())
         self._ids = self._realised.allocators()
 
+    def load(self) -> None:
+        """:meth:`restore` unless the mirror was read already (reading waits for the maps)."""
+        if self._realised is None or self._ids is None:
+            self.restore()
+
     @property
     def realised(self) -> Realised:
         if self._realised is None:

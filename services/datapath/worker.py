@@ -210,7 +210,7 @@ class DatapathWorker:
         self.model.flush()
         decoded = time.perf_counter()
         # the maps may still be in the making (loader child): wait here, then read the mirror
-        await asyncio.to_thread(self.reconciler.restore)
+        await asyncio.to_thread(self.reconciler.load)
         restored = time.perf_counter()
         result = await asyncio.to_thread(self.reconciler.apply, self.model.frontends, prune=True)
         done = time.perf_counter()

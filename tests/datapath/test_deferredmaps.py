@@ -17,6 +17,7 @@ import pytest
 from services.common.bus import connect_bus, provision
 from services.datapath.deferredmaps import DeferredLBMap
 from services.datapath.fakemaps import FakeLBMap
+from services.datapath.lbmap import LBMapState
 from services.datapath.loader import LoadError
 from services.datapath.reconcile import Reconciler
 from services.datapath.worker import DatapathSettings, DatapathWorker
@@ -73,6 +74,25 @@ def test_mirror_is_read_once_the_maps_exist_and_a_restart_renumbers_nothing() ->
     writes = pinned.writes
     assert reconciler.apply(want, prune=True).writes == 0  # same state, same ids: nothing to do
     assert pinned.writes == writes and pinned.dump() == before
+
+
+class CountingDumps(FakeLBMap):
+    dumps = 0
+
+    def dump(self) -> LBMapState:
+        self.dumps += 1
+        return super().dump()
+
+
+def test_load_reads_the_maps_once_whoever_asks_first() -> None:
+    maps = CountingDumps()
+    reconciler = Reconciler(maps)
+    assert maps.dumps == 0  # nothing read at construction
+    assert not reconciler.realised.masters  # a status asked first: read now
+    reconciler.load()  # the bootstrap's turn: already read, not read again
+    assert maps.dumps == 1
+    reconciler.restore()  # an explicit restore always reads
+    assert maps.dumps == 2
 
 
 def test_an_error_creating_the_maps_reaches_the_first_operation() -> None:
