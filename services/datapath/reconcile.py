@@ -227,29 +227,25 @@ class Reconciler:
 
     def load(self) -> None:
         """:meth:`restore` unless the mirror was read already (reading waits for the maps)."""
+        self._loaded()
+
+    def _loaded(self) -> tuple[Realised, tuple[IdAllocator[BackendAddr], IdAllocator[Frontend]]]:
         if self._realised is None or self._ids is None:
             self.restore()
+        assert self._realised is not None and self._ids is not None
+        return self._realised, self._ids
 
     @property
     def realised(self) -> Realised:
-        if self._realised is None:
-            self.restore()
-        assert self._realised is not None
-        return self._realised
+        return self._loaded()[0]
 
     @property
     def backend_ids(self) -> IdAllocator[BackendAddr]:
-        if self._ids is None:
-            self.restore()
-        assert self._ids is not None
-        return self._ids[0]
+        return self._loaded()[1][0]
 
     @property
     def revnat_ids(self) -> IdAllocator[Frontend]:
-        if self._ids is None:
-            self.restore()
-        assert self._ids is not None
-        return self._ids[1]
+        return self._loaded()[1][1]
 
     def resync(self) -> None:
         """Rebuild the mirror from the maps (after a failed write left it uncertain)."""
