@@ -134,10 +134,16 @@ class PullFeed:
         await self._top_up()
 
     async def close(self) -> None:
+        """Unsubscribe (the server drops requests whose inbox lost interest) and hand back what
+        was delivered but never handed out, so it is redelivered now, not after ``ack_wait``."""
         sub, self._sub = self._sub, None
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        unhandled, self._buf = list(self._buf), collections.deque()
+        for msg in unhandled:
+            with contextlib.suppress(Exception):
+                await msg.nak()
 
     def reset(self) -> None:
         """After the consumer was recreated: forget its requests and drop its buffered messages

@@ -58,6 +58,7 @@ from contracts.v1 import Identity, IPCacheEntry, K8sEvent, MapFill, NodeStatus
 from services.common import tracing
 from services.common.bus import Bus, Outgoing, last_per_subject, publish_batch
 from services.common.consume import DurableSpec
+from services.common.pullfeed import ConsumerGoneError, PullFeed
 from services.datapath import policy_sync_metrics as pm
 from services.datapath.decode import decode
 from services.datapath.flows import FlowNames, identity_labels
@@ -98,7 +99,7 @@ class PolicyConfig:
     node: str
     coalesce: float = 0.01
     batch: int = 512
-    fetch_timeout: float = 0.5
+    fetch_timeout: float = 5.0  # nothing to do between messages: the feed renews requests
     retry_interval: float = 0.25
 
 
@@ -271,26 +272,26 @@ class PolicyWorker:
             opt_start_seq=start_seq,
         )
         await js.add_consumer(stream, spec.config())
-        psub = await js.pull_subscribe_bind(durable=durable, stream=stream)
-        me = asyncio.current_task()
+        # requests stay outstanding (services.common.pullfeed): no pull round trip per change,
+        # and an idle loop costs one renewed request per expiry instead of a fetch per timeout
+        feed = PullFeed(self.bus.nc, stream, durable, window=2 * self.cfg.batch)
+        await feed.start()
         try:
             while True:
                 try:
-                    msgs = await psub.fetch(self.cfg.batch, timeout=self.cfg.fetch_timeout)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    continue
-                except NotFoundError:
+                    msgs = await feed.next_batch(self.cfg.batch, wait=self.cfg.fetch_timeout)
+                except ConsumerGoneError:
                     log.warning("%s: consumer %s on %s vanished", self.node, durable, stream)
                     spec = dataclasses.replace(spec, opt_start_seq=self.applied[stream] + 1)
                     await js.add_consumer(stream, spec.config())
+                    feed.reset()
                     continue
                 except (nats.errors.Error, OSError) as exc:
                     log.warning("%s: policy fetch on %s failed (%r)", self.node, stream, exc)
                     await asyncio.sleep(0.2)
                     continue
-                finally:
-                    if me is not None and me.cancelling():
-                        raise asyncio.CancelledError
+                if not msgs:
+                    continue
                 attrs = {
                     "weir.node": self.node,
                     "weir.loop": "policy",
@@ -306,8 +307,7 @@ class PolicyWorker:
                     self._pending.append(_Pending(msg, span))
                 self._dirty.set()
         finally:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+            await feed.close()
 
     def _absorb(self, msg: Msg) -> str | None:
         """Decode one message into the inputs; a short description, or None when skipped."""

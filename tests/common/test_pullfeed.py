@@ -169,6 +169,24 @@ async def test_feed_survives_server_restart(nats_server: NatsServer) -> None:
         await bus.close()
 
 
+async def test_close_hands_back_what_was_never_handed_out(bus: Bus) -> None:
+    await _consumer(bus)  # ack_wait 30 s: a message kept by a dead feed would wait that long
+    await _publish(bus, 0, 5)
+    feed = PullFeed(bus.nc, s.STREAM_K8S, DURABLE, window=8)
+    await feed.start()
+    first = await feed.next_batch(2, wait=5.0)
+    await eventually(lambda: feed.buffered == 3)
+    await first[-1].ack()  # AckPolicy ALL: 0 and 1 are done
+    await feed.close()
+    again = PullFeed(bus.nc, s.STREAM_K8S, DURABLE, window=8)
+    await again.start()
+    try:
+        # redelivered well before ack_wait (in the order the server requeued the naks)
+        assert sorted(await _take(again, 3, within=5.0)) == [b"2", b"3", b"4"]
+    finally:
+        await again.close()
+
+
 async def test_window_must_hold_two(bus: Bus) -> None:
     with pytest.raises(ValueError, match="window"):
         PullFeed(bus.nc, s.STREAM_K8S, DURABLE, window=1)

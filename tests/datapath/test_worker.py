@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -31,7 +32,7 @@ from services.datapath.fakemaps import FakeLBMap, check_consistent
 from services.datapath.lbmap import LBMapState
 from services.datapath.reconcile import Reconciler
 from services.datapath.render import render, resolved
-from services.datapath.worker import DatapathSettings, DatapathWorker, durable_name
+from services.datapath.worker import STEADY_GC, DatapathSettings, DatapathWorker, durable_name
 from tests.conftest import NatsServer, free_port
 from tests.datapath.manifests import NODE, TESTDATA, desired, events
 
@@ -268,6 +269,18 @@ async def test_vanished_consumer_is_recreated_and_the_status_follows_the_maps(
         what="mismatched subject counted",
     )
     assert resolved(lbmap.dump()) == want
+
+
+async def test_consuming_runs_with_rare_collections_and_restores_the_gc(
+    bus: Bus, start_worker: Callable[[FakeLBMap], asyncio.Future[Running]]
+) -> None:
+    before = gc.get_threshold()
+    run = await start_worker(checked_map())
+    await eventually(lambda: gc.get_threshold() == STEADY_GC, what="steady-state GC")
+    last = await publish_events(bus, events(TESTDATA / "clusterip.yaml"))
+    await eventually(lambda: run.worker.applied_seq == last, what="applied while consuming")
+    await run.stop()
+    assert gc.get_threshold() == before
 
 
 def test_cli_process_serves_readyz(nats_server: NatsServer, tmp_path: Path) -> None:
