@@ -48,7 +48,9 @@ NETWORK_PROGRAMMING = Histogram(
 )
 BOOTSTRAP = Gauge(
     "weir_datapath_bootstrap_duration_seconds",
-    "Last bootstrap, by phase: start (process start to maps attached), snapshot (bus read), "
-    "decode (messages to desired state), apply (map writes), sync (snapshot+decode+apply).",
+    "Last bootstrap, by phase: start (interpreter start and imports), loader (bcc compile and "
+    "attach in the loader child, overlapping the snapshot), snapshot (bus read, each message "
+    "decoded as it arrives), model (desired state to frontends), maps (wait for the loader "
+    "and read the maps back), apply (map writes), sync (all of the bootstrap).",
     ["phase"],
 )

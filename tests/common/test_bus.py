@@ -191,6 +191,23 @@ async def test_last_per_subject_returns_latest_including_tombstones(bus: Bus) ->
     assert consumers == []
 
 
+async def test_last_per_subject_streams_to_on_message_without_keeping(bus: Bus) -> None:
+    a = s.k8s_subject("service", "default", "a")
+    b = s.k8s_subject("service", "default", "b")
+    await publish(bus.js, a, b"a1", msg_id="a1")
+    await publish(bus.js, b, b"b1", msg_id="b1")
+    await publish(bus.js, a, b"a2", msg_id="a2")
+    got: list[tuple[str, bytes]] = []
+    snap = await last_per_subject(
+        bus.js,
+        s.STREAM_K8S,
+        s.k8s_filter("service"),
+        on_message=lambda m: got.append((m.subject, m.data)),
+    )
+    assert sorted(got) == [(a, b"a2"), (b, b"b1")]  # the newest of each subject, handed over
+    assert snap.messages == [] and snap.sequence == 3  # and not kept
+
+
 class _Obj(BaseModel):
     kind: str
     name: str
