@@ -170,6 +170,8 @@ class DatapathWorker:
         while me is None or not me.cancelling():
             await self._status_wanted.wait()
             self._status_wanted.clear()
+            if not self.synced:  # the mirror is being filled (the bootstrap asks once done), and
+                continue  # reading it would wait on the loader child with the loop blocked
             try:
                 await self.publish_status()
             except Exception:  # never lose the status loop to one bad status
@@ -226,6 +228,7 @@ class DatapathWorker:
         ):
             m.BOOTSTRAP.labels(phase).set(seconds)
         self._account(result)
+        self._entries.invalidate()  # the full apply bypassed the incremental count
         self.synced = True
         log.info(
             "%s: full sync of %d objects in %.3fs (snapshot+decode %.3fs, model %.3fs, maps %.3fs,"
