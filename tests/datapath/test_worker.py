@@ -24,7 +24,7 @@ import pytest
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 
-from contracts.subjects import STREAM_K8S, STREAM_STATUS, k8s_subject, status_subject
+from contracts.subjects import STREAM_K8S, STREAM_STATUS, k8s_filter, k8s_subject, status_subject
 from contracts.v1 import EndpointSlice, K8sEvent, NodeStatus, Op, Service
 from services.common.bus import Bus, connect_bus, publish
 from services.common.ops import start_ops_server
@@ -269,6 +269,26 @@ async def test_vanished_consumer_is_recreated_and_the_status_follows_the_maps(
         what="mismatched subject counted",
     )
     assert resolved(lbmap.dump()) == want
+
+
+async def test_other_kinds_on_the_consumer_are_skipped_unread(
+    bus: Bus, start_worker: Callable[[FakeLBMap], asyncio.Future[Running]]
+) -> None:
+    """The LB loop consumes all of WEIR_K8S through one filter (see consume): pods, nodes and
+    the like are skipped before decoding, neither counted as bad nor remembered."""
+    run = await start_worker(checked_map())
+    bad = {
+        kind: metric("weir_datapath_bad_messages_total", kind=kind) for kind in ("pod", "unknown")
+    }
+    await publish(bus.js, k8s_subject("pod", "shop", "p1"), b"not json", msg_id="pod-1")
+    await publish(bus.js, k8s_subject("node", None, "n1"), b"{}", msg_id="node-1")
+    last = await publish_events(bus, events(TESTDATA / "clusterip.yaml"))
+    await eventually(lambda: run.worker.applied_seq == last, what="applied past other kinds")
+    assert resolved(run.worker.lbmap.dump()) == resolved(fresh(TESTDATA / "clusterip.yaml"))
+    for kind, before in bad.items():
+        assert metric("weir_datapath_bad_messages_total", kind=kind) == before
+    info = await bus.js.consumer_info(STREAM_K8S, durable_name(NODE))
+    assert info.config.filter_subject == k8s_filter()  # one filter: see consume()
 
 
 async def test_consuming_runs_with_rare_collections_and_restores_the_gc(
