@@ -248,7 +248,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "--metrics-listen", f"127.0.0.1:{port}", "--log-level", "WARNING",
                "--policy" if args.policy else "--no-policy"]  # fmt: skip
         if args.profile:
-            cmd = ["py-spy", "record", "-r", "200", "-o", args.profile, "-f", "raw", "--", *cmd]
+            cmd = [
+                str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "-r",
+                "200",
+                "-o",
+                args.profile,
+                "-f",
+                "raw",
+                "--",
+                *cmd,
+            ]
         log = (store / "datapath.log").open("wb")
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
