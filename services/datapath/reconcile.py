@@ -101,10 +101,14 @@ def plan(
     ref_delta: dict[int, int] = {}
     for backend_id in orphan_backends:
         ref_delta.setdefault(backend_id, 0)
-    # the loop below runs once per backend of every target (100,000 at a cold sync): locals
+    # the loop below runs once per backend of every target (100,000 at a cold sync): locals, and
+    # entries built with tuple.__new__ (in C) instead of the named tuples' Python-level __new__
     slot_writes, trims = s["slots"].services, s["trim"].del_services
-    realised_slots, delta, allocate = realised.slots, ref_delta.get, backend_ids.allocate
+    realised_slots, delta, allocate = realised.slots, ref_delta.get, backend_ids.allocate_many
+    want_get, masters_get, revnat_get = want_backends.get, realised.masters.get, realised.revnat.get
+    new = tuple.__new__
     no_slots: dict[int, ServiceValue] = {}
+    none, no_backends = ServiceFlags.NONE, ServiceFlags.NO_BACKENDS
     try:
         for fe in sorted(set(targets)):
             old_slots = realised_slots.get(fe, no_slots)
@@ -118,48 +122,51 @@ def plan(
                 continue
             rid = revnat_ids.allocate(fe)
             by_id: dict[int, BackendValue] = {}
-            for addr, state in spec.backends:
-                bid = allocate(addr)
-                value = by_id[bid] = BackendValue(addr.ip, addr.port, addr.proto, state)
-                prev = want_backends.get(bid)
-                if prev is None or state < prev.state:
+            backends = spec.backends
+            for bid, (addr, state) in zip(
+                allocate([a for a, _ in backends]), backends, strict=True
+            ):
+                value = by_id[bid] = new(BackendValue, (*addr, state))
+                prev = want_get(bid)
+                if prev is None or state < prev[3]:
                     want_backends[bid] = value
             vip, port, proto = fe
             count = 0
             for bid in sorted(by_id):
                 count += 1
                 ref_delta[bid] = delta(bid, 0) + 1
-                want = ServiceValue(bid, 0, rid)
-                if old_slots.get(count) != want:
-                    slot_writes[ServiceKey(vip, port, proto, count)] = want
-            rn = RevNatValue(vip, port)
-            if realised.revnat.get(rid) != rn:
+                want = new(ServiceValue, (bid, 0, rid, none, 0))
+                if not old_slots or old_slots.get(count) != want:
+                    slot_writes[new(ServiceKey, (vip, port, proto, count))] = want
+            rn = new(RevNatValue, (vip, port))
+            if revnat_get(rid) != rn:
                 s["revnat"].revnat[rid] = rn
-            flags = spec.flags | (ServiceFlags.NO_BACKENDS if not count else ServiceFlags.NONE)
-            master = ServiceValue(
-                count=count,
-                rev_nat_id=rid,
-                flags=ServiceFlags(flags),
-                affinity_timeout=spec.affinity_timeout,
-            )
-            if realised.masters.get(fe) != master:
-                s["masters"].services[ServiceKey(vip, port, proto)] = master
+            flags = spec.flags
+            if not count or type(flags) is not ServiceFlags:
+                flags = ServiceFlags(flags | (ServiceFlags.NONE if count else no_backends))
+            master = new(ServiceValue, (0, count, rid, flags, spec.affinity_timeout))
+            if masters_get(fe) != master:
+                s["masters"].services[new(ServiceKey, (vip, port, proto, 0))] = master
             if old_slots and max(old_slots) > count:  # slots beyond the new count
                 stale = [n for n in sorted(old_slots) if n > count]
                 trims.extend(ServiceKey(vip, port, proto, n) for n in stale)
     except IdSpaceExhaustedError as exc:
         raise MapFullError("backends" if "backend" in str(exc) else "revnat", str(exc)) from exc
+    have_backends = realised.backends
+    backend_writes = s["backends"].backends
     for bid, value in sorted(want_backends.items()):
-        if realised.backends.get(bid) != value:
-            s["backends"].backends[bid] = value
+        if not have_backends or have_backends.get(bid) != value:
+            backend_writes[bid] = value
     candidates: Iterable[int] = ref_delta
     if prune:
         keep = {revnat_ids.get(fe) for fe in desired}
         keep.update(s["del-revnat"].del_revnat)  # already deleted with their frontend
         s["del-revnat"].del_revnat.extend(i for i in sorted(realised.revnat) if i not in keep)
         candidates = set(ref_delta) | set(realised.backends)
-    for bid in sorted(candidates):
-        if bid in want_backends or bid in protected or bid not in realised.backends:
+    # only ids present in the maps can need a delete (none at all at a cold sync): filter first
+    in_maps = [b for b in candidates if b in have_backends]
+    for bid in sorted(in_maps):
+        if bid in want_backends or bid in protected:
             continue
         if realised.refs.get(bid, 0) + ref_delta.get(bid, 0) <= 0:
             s["del-backends"].del_backends.append(bid)
@@ -302,8 +309,10 @@ class Reconciler:
     def _protected(self, desired: Mapping[Frontend, FrontendSpec]) -> set[int]:
         """Ids of every backend some desired frontend wants: never deleted as orphans, even
         while the frontend that wants them is still pending."""
-        ids = (self.backend_ids.get(b.addr) for spec in desired.values() for b in spec.backends)
-        return {i for i in ids if i is not None}
+        get = self.backend_ids.get  # once: the loop runs per backend (100,000 at a cold sync)
+        ids = {get(addr) for spec in desired.values() for addr, _state in spec.backends}
+        ids.discard(None)
+        return ids  # type: ignore[return-value]  # None discarded
 
     def _run(
         self,
