@@ -45,19 +45,26 @@ class Realised:
 
     def update_services(self, items: Mapping[ServiceKey, ServiceValue]) -> None:
         masters, all_slots, refs = self.masters, self.slots, self.refs
-        for (vip, port, proto, slot), value in items.items():
-            fe = Frontend(vip, port, proto)
+        new, refs_get = tuple.__new__, refs.get
+        fe, slots = None, None  # a frontend's slots come together: one Frontend for them all
+        for key, value in items.items():
+            slot = key[3]
+            if fe is None or key[:3] != fe:
+                fe = new(Frontend, key[:3])
+                slots = None
             if slot == 0:
                 masters[fe] = value
                 continue
-            slots = all_slots.get(fe)
             if slots is None:
-                slots = all_slots[fe] = {}
+                slots = all_slots.get(fe)
+                if slots is None:
+                    slots = all_slots[fe] = {}
             old = slots.get(slot)
             if old is not None:
                 self._unref(old.backend_id)
             slots[slot] = value
-            refs[value.backend_id] = refs.get(value.backend_id, 0) + 1
+            bid = value[0]  # backend_id
+            refs[bid] = refs_get(bid, 0) + 1
 
     def delete_services(self, keys: Iterable[ServiceKey]) -> None:
         for key in keys:
