@@ -255,6 +255,20 @@ async def last_per_subject(
     raise RuntimeError(f"snapshot of {stream} {filter_subject} failed: {last_exc!r}")
 
 
+def ack_position(msg: Msg) -> tuple[int, int]:
+    """(stream sequence, messages pending) of a JetStream message, read straight from its ack
+    subject ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<timestamp>.
+    <pending>``. ``Msg.metadata`` parses the same subject but also builds a datetime and two
+    dataclasses, ~3 % of a cold worker's snapshot of 20,000 messages. Any other form (the
+    domain-qualified v2 subject, no reply) goes through ``Msg.metadata``."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        with contextlib.suppress(ValueError):
+            return int(tokens[5]), int(tokens[8])
+    meta = msg.metadata
+    return meta.sequence.stream, meta.num_pending
+
+
 async def _snapshot_once(
     js: JetStreamContext,
     stream: str,
@@ -270,15 +284,14 @@ async def _snapshot_once(
 
     async def on_msg(msg: Msg) -> None:
         nonlocal top
-        meta = msg.metadata
-        seq = meta.sequence.stream
+        seq, pending = ack_position(msg)
         if on_message is None:
             latest[msg.subject] = (seq, msg)
         else:
             on_message(msg)
         top = max(top, seq)
         progress.set()
-        if not meta.num_pending:
+        if not pending:
             done.set()
 
     sub = await js.subscribe(

@@ -23,6 +23,7 @@ from services.common.bus import (
     publish,
     publish_batch,
 )
+from services.common.consume import ack_position
 from services.common.streams import K8S_HISTORY
 from services.common.tracing import ATTR_STREAM_SEQUENCE
 
@@ -206,6 +207,20 @@ async def test_last_per_subject_streams_to_on_message_without_keeping(bus: Bus) 
     )
     assert sorted(got) == [(a, b"a2"), (b, b"b1")]  # the newest of each subject, handed over
     assert snap.messages == [] and snap.sequence == 3  # and not kept
+
+
+async def test_ack_position_reads_what_metadata_reads(bus: Bus) -> None:
+    for i in range(4):
+        await publish(bus.js, s.k8s_subject("service", "default", f"p{i}"), b"x", msg_id=f"p{i}")
+    got: list[Msg] = []
+    await last_per_subject(bus.js, s.STREAM_K8S, s.k8s_filter("service"), on_message=got.append)
+    assert len(got) == 4
+    for msg in got:  # the server's own v1 ack subjects
+        assert ack_position(msg) == (msg.metadata.sequence.stream, msg.metadata.num_pending)
+    assert [ack_position(m)[1] for m in got] == [3, 2, 1, 0]
+    # the domain-qualified v2 form goes the general way
+    v2 = Msg(got[0]._client, subject="x", reply="$JS.ACK.dom.acc.K8S.c.1.17.3.1700000000.5.r")
+    assert ack_position(v2) == (17, 5)
 
 
 class _Obj(BaseModel):
