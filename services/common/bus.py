@@ -16,12 +16,12 @@ re-exported here so callers import one module.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 import nats.errors
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
@@ -30,6 +30,7 @@ from opentelemetry.trace import Span
 from pydantic import BaseModel
 
 from services.common import metrics, tracing
+from services.common.acks import ack_inbox, connection_of
 from services.common.connection import Bus, connect_bus, reconnect_delay
 from services.common.consume import LastPerSubject, consume, last_per_subject
 from services.common.streams import ProvisionError, provision
@@ -160,53 +161,52 @@ async def publish_batch(
 ) -> list[PubAck]:
     """Publish many messages pipelined, at most ``window`` unacknowledged; acks in input order.
 
-    The fast path sends without waiting (``publish_async``) and collects acks as they come.
-    Anything that did not succeed there (no ack within ``ack_timeout``, a transient error, a
-    disconnect) goes through :func:`publish` with its retries afterwards, which is safe because
-    of the msg ids. Permanent failures do not stop the batch; a :class:`PublishBatchError`
-    reports them at the end (publishing the whole batch again is safe).
+    The fast path sends each message with a reply subject of the connection's
+    :class:`~services.common.acks.AckInbox` and does not wait; the acks settle the batch as they
+    come. Anything that did not succeed there (no ack within ``ack_timeout``, a transient error,
+    a disconnect) goes through :func:`publish` with its retries afterwards, which is safe
+    because of the msg ids. Permanent failures do not stop the batch; a
+    :class:`PublishBatchError` reports them at the end (publishing the whole batch again is safe).
     """
     queue = list(items)
     payloads = [_encode_for(o.subject, o.data) for o in queue]
-    acks: list[PubAck | None] = [None] * len(queue)
-    errors: dict[int, BaseException] = {}
-    retry: list[int] = []
+    batch = _Batch(len(queue))
+    try:
+        inbox = await ack_inbox(js)
+    except Exception as exc:  # no reply subscription (disconnected?): every message retries
+        log.debug("publish_batch: no ack inbox (%r); publishing one by one", exc)
+        batch.retry.extend(range(len(queue)))
+    else:
+        reply = inbox.register(batch.settle)
+        try:
+            await _pipeline(connection_of(js), queue, payloads, batch, reply, window, ack_timeout)
+        finally:
+            inbox.unregister(reply)
+    await _publish_each(
+        js, queue, sorted(batch.retry), batch.acks, batch.errors, ack_timeout, attempts
+    )
+    if batch.errors:
+        raise PublishBatchError(batch.errors, batch.acks)
+    return [a for a in batch.acks if a is not None]
+
+
+async def _pipeline(
+    nc: Client,
+    queue: list[Outgoing],
+    payloads: list[bytes],
+    batch: _Batch,
+    reply: str,
+    window: int,
+    ack_timeout: float,
+) -> None:
+    """The fast path: send everything with at most ``window`` in flight, then await the acks."""
     window = max(1, window)
-    inflight: dict[int, asyncio.Future[PubAck]] = {}
-    # a plain counter (len(inflight)) and one future to wait on when the window is full: an
-    # asyncio.Semaphore cost two coroutine calls and three locked() scans per message
-    room: list[asyncio.Future[None]] = []
-    loop = asyncio.get_running_loop()
-
+    inflight = batch.inflight
     traced = tracing.enabled()  # once per batch: with tracing off a message needs no span
-
-    def settle(i: int, span: Span | None, fut: asyncio.Future[PubAck]) -> None:
-        inflight.pop(i, None)
-        if room and not room[0].done():
-            room[0].set_result(None)
-        if fut.cancelled():
-            retry.append(i)
-        elif (exc := fut.exception()) is not None:
-            (retry.append(i) if _is_transient(exc) else errors.__setitem__(i, exc))
-            if span is not None:
-                span.record_exception(exc)
-        else:
-            ack = acks[i] = fut.result()
-            if span is not None:
-                span.set_attribute(tracing.ATTR_STREAM, ack.stream)
-                span.set_attribute(tracing.ATTR_STREAM_SEQUENCE, ack.seq)
-        if span is not None:
-            span.end()
-
+    send = nc.publish
     for i, o in enumerate(queue):
         if len(inflight) >= window:  # only then wait: an extra yield per message costs a syscall
-            room[:] = [loop.create_future()]
-            try:
-                await asyncio.wait_for(room[0], ack_timeout)
-            except TimeoutError:  # acks stopped coming (disconnect?): stragglers go to retry
-                for fut in list(inflight.values()):
-                    fut.cancel()
-                await asyncio.sleep(0)  # their done callbacks run (settle: retry) before we go on
+            await batch.drain(window - 1, ack_timeout)
         span: Span | None = None
         if traced:
             span = tracing.start_producer_span(o.subject, o.msg_id, context=o.parent)
@@ -214,24 +214,71 @@ async def publish_batch(
         else:
             hdrs = dict(o.headers) if o.headers else {}
         hdrs[MSG_ID_HEADER] = o.msg_id
+        inflight[i] = span  # before sending: the ack may be processed while publish yields
         try:
-            fut = await js.publish_async(o.subject, payloads[i], headers=hdrs)
+            await send(o.subject, payloads[i], reply=f"{reply}{i}", headers=hdrs)
         except Exception:
+            inflight.pop(i, None)
             if span is not None:
                 span.end()
-            retry.append(i)
-            continue
-        inflight[i] = fut
-        fut.add_done_callback(functools.partial(settle, i, span))
+            batch.retry.append(i)
     if inflight:
-        _, late = await asyncio.wait(list(inflight.values()), timeout=ack_timeout)
-        for fut in late:
-            fut.cancel()
-        await asyncio.sleep(0)  # let the cancelled futures' callbacks run
-    await _publish_each(js, queue, sorted(retry), acks, errors, ack_timeout, attempts)
-    if errors:
-        raise PublishBatchError(errors, acks)
-    return [a for a in acks if a is not None]
+        await batch.drain(0, ack_timeout)
+
+
+class _Batch:
+    """Acks, errors and the in-flight window of one publish_batch; settled by the AckInbox."""
+
+    __slots__ = ("acks", "errors", "inflight", "limit", "retry", "waiter")
+
+    def __init__(self, size: int) -> None:
+        self.acks: list[PubAck | None] = [None] * size
+        self.errors: dict[int, BaseException] = {}
+        self.retry: list[int] = []
+        self.inflight: dict[int, Span | None] = {}  # index -> its PRODUCER span (if traced)
+        self.waiter: asyncio.Future[None] | None = None
+        self.limit = 0
+
+    def settle(self, i: int, result: PubAck | BaseException) -> None:
+        inflight = self.inflight
+        if i not in inflight:  # a late ack of a message already handed to the retry path
+            return
+        span = inflight.pop(i)
+        if isinstance(result, PubAck):
+            self.acks[i] = result
+            if span is not None:
+                span.set_attribute(tracing.ATTR_STREAM, result.stream)
+                span.set_attribute(tracing.ATTR_STREAM_SEQUENCE, result.seq)
+        else:  # the retry path decides: a retry if transient, else the PublishError + metric
+            self.retry.append(i)
+            if span is not None:
+                span.record_exception(result)
+        if span is not None:
+            span.end()
+        waiter = self.waiter
+        if waiter is not None and len(inflight) <= self.limit and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain(self, limit: int, ack_timeout: float) -> None:
+        """Wait until at most ``limit`` are in flight; after ``ack_timeout`` without an ack the rest
+        go to the retry path (acks stopped coming: a disconnect?)."""
+        loop = asyncio.get_running_loop()
+        while len(self.inflight) > limit:
+            self.limit = limit
+            self.waiter = loop.create_future()
+            before = len(self.inflight)
+            try:
+                await asyncio.wait_for(self.waiter, ack_timeout)
+            except TimeoutError:
+                if len(self.inflight) < before:
+                    continue  # progress after all (the wake-up raced the timeout)
+                for span in self.inflight.values():
+                    if span is not None:
+                        span.end()
+                self.retry.extend(self.inflight)
+                self.inflight.clear()
+            finally:
+                self.waiter = None
 
 
 async def _publish_each(
