@@ -121,18 +121,15 @@ def plan(
                     _plan_delete(fe, realised, revnat_ids, s)
                 continue
             rid = revnat_ids.allocate(fe)
-            by_id: dict[int, BackendValue] = {}
             backends = spec.backends
-            for bid, (addr, state) in zip(
-                allocate([a for a, _ in backends]), backends, strict=True
-            ):
-                value = by_id[bid] = new(BackendValue, (*addr, state))
+            ids = allocate([a for a, _ in backends])  # unique: backends are unique by address
+            for bid, (addr, state) in zip(ids, backends, strict=True):
                 prev = want_get(bid)
-                if prev is None or state < prev[3]:
-                    want_backends[bid] = value
+                if prev is None or state < prev[3]:  # [3]: state
+                    want_backends[bid] = new(BackendValue, (*addr, state))
             vip, port, proto = fe
             count = 0
-            for bid in sorted(by_id):
+            for bid in sorted(ids):
                 count += 1
                 ref_delta[bid] = delta(bid, 0) + 1
                 want = new(ServiceValue, (bid, 0, rid, none, 0))
@@ -154,9 +151,12 @@ def plan(
         raise MapFullError("backends" if "backend" in str(exc) else "revnat", str(exc)) from exc
     have_backends = realised.backends
     backend_writes = s["backends"].backends
-    for bid, value in sorted(want_backends.items()):
-        if not have_backends or have_backends.get(bid) != value:
-            backend_writes[bid] = value
+    if have_backends:
+        for bid, value in sorted(want_backends.items()):
+            if have_backends.get(bid) != value:
+                backend_writes[bid] = value
+    else:  # a cold sync: every wanted backend is a write
+        backend_writes.update(sorted(want_backends.items()))
     candidates: Iterable[int] = ref_delta
     if prune:
         keep = {revnat_ids.get(fe) for fe in desired}
