@@ -309,6 +309,8 @@ class Reconciler:
     def _protected(self, desired: Mapping[Frontend, FrontendSpec]) -> set[int]:
         """Ids of every backend some desired frontend wants: never deleted as orphans, even
         while the frontend that wants them is still pending."""
+        if not len(self.backend_ids):  # nothing allocated yet (a cold node): nothing to protect
+            return set()
         get = self.backend_ids.get  # once: the loop runs per backend (100,000 at a cold sync)
         ids = {get(addr) for spec in desired.values() for addr, _state in spec.backends}
         ids.discard(None)
