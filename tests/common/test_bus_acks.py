@@ -10,13 +10,16 @@ acks in their own order, and an empty batch or a batch after a failure still wor
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
-from nats.js.errors import APIError
+from nats.aio.msg import Msg
+from nats.js.api import PubAck
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError
 
 from contracts import subjects as s
-from services.common.acks import ack_inbox
+from services.common.acks import ack_inbox, outcome
 from services.common.bus import (
     Bus,
     Outgoing,
@@ -90,3 +93,32 @@ async def test_empty_batch_and_a_batch_after_a_failed_one(bus: Bus) -> None:
     assert [a.duplicate for a in acks] == [None] * 5
     again = await publish_batch(bus.js, _items("after", 5))
     assert all(a.duplicate for a in again) and [a.seq for a in again] == [a.seq for a in acks]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"stream":"WEIR_K8S","seq":42}',
+        b'{"stream":"WEIR_K8S","seq":42,"duplicate":true}',
+        b'{"stream":"WEIR_K8S","domain":"hub","seq":7}',
+        b'{"stream":"WEIR_K8S","seq":9,"duplicate":false,"batch":"b1"}',
+        b'{"stream":"W\\"K","seq":1}',
+        b'{ "stream": "WEIR_K8S", "seq": 3 }',
+    ],
+)
+def test_outcome_reads_what_nats_py_reads(data: bytes) -> None:
+    msg = Msg(_client=None, subject="_INBOX.x.0.1", data=data)  # type: ignore[arg-type]
+    assert outcome(msg) == PubAck.from_response(json.loads(data))
+
+
+def test_outcome_of_errors_names_the_reply() -> None:
+    def of(data: bytes, headers: dict[str, str] | None = None) -> object:
+        msg = Msg(_client=None, subject="_INBOX.x.0.5", data=data, headers=headers)  # type: ignore[arg-type]
+        return outcome(msg)
+
+    assert isinstance(of(b"", {"Status": "503"}), NoStreamResponseError)
+    err = of(b'{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 0"}}')
+    assert isinstance(err, BadRequestError) and err.err_code == 10071
+    for bad in (b"not json", b"[1]", b'{"seq":1}', b'{"stream":"S","seq":1,"error":{"x":1}}'):
+        err = of(bad)
+        assert isinstance(err, APIError) and "_INBOX.x.0.5" in str(err.description), bad
