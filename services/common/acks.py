@@ -77,15 +77,15 @@ def outcome(msg: Msg) -> PubAck | BaseException:
 class AckInbox:
     """The reply subscription of one connection and the batches waiting on it."""
 
-    def __init__(self, nc: Client) -> None:
-        self._nc = nc
-        self.prefix = nc.new_inbox() + "."
+    def __init__(self, inbox: str) -> None:
+        # no reference to the connection: it is the key of the WeakKeyDictionary holding us
+        self.prefix = inbox + "."
         self._plen = len(self.prefix)
         self._batches: dict[str, Settle] = {}
         self._ids = itertools.count()
 
-    async def start(self) -> None:
-        await self._nc.subscribe(self.prefix + ">", cb=self._on_reply)
+    async def start(self, nc: Client) -> None:
+        await nc.subscribe(self.prefix + ">", cb=self._on_reply)
 
     def register(self, settle: Settle) -> str:
         """A new batch; returns the reply prefix its messages use (append the index)."""
@@ -124,6 +124,6 @@ async def ack_inbox(js: JetStreamContext) -> AckInbox:
 
 
 async def _open(nc: Client) -> AckInbox:
-    inbox = AckInbox(nc)
-    await inbox.start()
+    inbox = AckInbox(nc.new_inbox())
+    await inbox.start(nc)
     return inbox

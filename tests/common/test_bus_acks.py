@@ -10,8 +10,10 @@ acks in their own order, and an empty batch or a batch after a failure still wor
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
+import weakref
 
 import pytest
 from nats.aio.msg import Msg
@@ -25,8 +27,10 @@ from services.common.bus import (
     Outgoing,
     PublishBatchError,
     PublishError,
+    connect_bus,
     publish_batch,
 )
+from tests.conftest import NatsServer
 
 
 def _items(prefix: str, n: int) -> list[Outgoing]:
@@ -122,3 +126,17 @@ def test_outcome_of_errors_names_the_reply() -> None:
     for bad in (b"not json", b"[1]", b'{"seq":1}', b'{"stream":"S","seq":1,"error":{"x":1}}'):
         err = of(bad)
         assert isinstance(err, APIError) and "_INBOX.x.0.5" in str(err.description), bad
+
+
+async def test_a_closed_connection_is_not_kept_alive_by_its_inbox(
+    nats_server: NatsServer, bus: Bus
+) -> None:
+    other = await connect_bus(nats_server.url, "pytest-inbox")
+    assert len(await publish_batch(other.js, _items("gc", 3))) == 3
+    ref = weakref.ref(other.nc)
+    await other.close()
+    del other
+    for _ in range(3):
+        await asyncio.sleep(0.05)
+        gc.collect()
+    assert ref() is None
