@@ -13,8 +13,11 @@ message to its retry path (:func:`~services.common.bus.publish`), so callers get
 ``PublishError`` and metric as before. (nats-py's own reply handler let ``APIError.from_error``
 raise inside the callback, so an error PubAck used to stall the batch for ``ack_timeout``.)
 
-Acks of a batch that gave up waiting (its id unregistered) are dropped: the batch retries those
-messages itself and the stream's duplicate window makes the retry safe.
+:class:`Batch` is one batch's side: acks in input order, the in-flight window (one wake-up
+future, set only when the sender waits) and what goes to the retry path. Acks of a batch that
+gave up waiting (its id unregistered, or a message already handed to the retry path) are
+dropped: the batch retries those messages itself and the stream's duplicate window makes the
+retry safe.
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
+from opentelemetry.trace import Span
 
-__all__ = ["AckInbox", "ack_inbox", "outcome"]
+from services.common import tracing
+
+__all__ = ["AckInbox", "Batch", "ack_inbox", "connection_of", "outcome"]
 
 Settle = Callable[[int, "PubAck | BaseException"], None]
 
@@ -127,3 +133,58 @@ async def _open(nc: Client) -> AckInbox:
     inbox = AckInbox(nc.new_inbox())
     await inbox.start(nc)
     return inbox
+
+
+class Batch:
+    """Acks, errors and the in-flight window of one ``publish_batch``; settled by the AckInbox."""
+
+    __slots__ = ("acks", "errors", "inflight", "limit", "retry", "waiter")
+
+    def __init__(self, size: int) -> None:
+        self.acks: list[PubAck | None] = [None] * size
+        self.errors: dict[int, BaseException] = {}
+        self.retry: list[int] = []
+        self.inflight: dict[int, Span | None] = {}  # index -> its PRODUCER span (if traced)
+        self.waiter: asyncio.Future[None] | None = None
+        self.limit = 0
+
+    def settle(self, i: int, result: PubAck | BaseException) -> None:
+        inflight = self.inflight
+        if i not in inflight:  # a late ack of a message already handed to the retry path
+            return
+        span = inflight.pop(i)
+        if isinstance(result, PubAck):
+            self.acks[i] = result
+            if span is not None:
+                span.set_attribute(tracing.ATTR_STREAM, result.stream)
+                span.set_attribute(tracing.ATTR_STREAM_SEQUENCE, result.seq)
+        else:  # the retry path decides: a retry if transient, else the PublishError + metric
+            self.retry.append(i)
+            if span is not None:
+                span.record_exception(result)
+        if span is not None:
+            span.end()
+        waiter = self.waiter
+        if waiter is not None and len(inflight) <= self.limit and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain(self, limit: int, ack_timeout: float) -> None:
+        """Wait until at most ``limit`` are in flight; after ``ack_timeout`` without an ack the rest
+        go to the retry path (acks stopped coming: a disconnect?)."""
+        loop = asyncio.get_running_loop()
+        while len(self.inflight) > limit:
+            self.limit = limit
+            self.waiter = loop.create_future()
+            before = len(self.inflight)
+            try:
+                await asyncio.wait_for(self.waiter, ack_timeout)
+            except TimeoutError:
+                if len(self.inflight) < before:
+                    continue  # progress after all (the wake-up raced the timeout)
+                for span in self.inflight.values():
+                    if span is not None:
+                        span.end()
+                self.retry.extend(self.inflight)
+                self.inflight.clear()
+            finally:
+                self.waiter = None

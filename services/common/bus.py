@@ -33,7 +33,7 @@ from opentelemetry.trace import Span
 from pydantic import BaseModel
 
 from services.common import metrics, tracing
-from services.common.acks import ack_inbox, connection_of
+from services.common.acks import Batch, ack_inbox, connection_of
 from services.common.connection import Bus, connect_bus, reconnect_delay
 from services.common.consume import LastPerSubject, consume, last_per_subject
 from services.common.streams import ProvisionError, provision
@@ -173,7 +173,7 @@ async def publish_batch(
     """
     queue = list(items)
     payloads = [_encode_for(o.subject, o.data) for o in queue]
-    batch = _Batch(len(queue))
+    batch = Batch(len(queue))
     try:
         inbox = await ack_inbox(js)
     except Exception as exc:  # no reply subscription (disconnected?): every message retries
@@ -197,7 +197,7 @@ async def _pipeline(
     nc: Client,
     queue: list[Outgoing],
     payloads: list[bytes],
-    batch: _Batch,
+    batch: Batch,
     reply: str,
     window: int,
     ack_timeout: float,
@@ -227,61 +227,6 @@ async def _pipeline(
             batch.retry.append(i)
     if inflight:
         await batch.drain(0, ack_timeout)
-
-
-class _Batch:
-    """Acks, errors and the in-flight window of one publish_batch; settled by the AckInbox."""
-
-    __slots__ = ("acks", "errors", "inflight", "limit", "retry", "waiter")
-
-    def __init__(self, size: int) -> None:
-        self.acks: list[PubAck | None] = [None] * size
-        self.errors: dict[int, BaseException] = {}
-        self.retry: list[int] = []
-        self.inflight: dict[int, Span | None] = {}  # index -> its PRODUCER span (if traced)
-        self.waiter: asyncio.Future[None] | None = None
-        self.limit = 0
-
-    def settle(self, i: int, result: PubAck | BaseException) -> None:
-        inflight = self.inflight
-        if i not in inflight:  # a late ack of a message already handed to the retry path
-            return
-        span = inflight.pop(i)
-        if isinstance(result, PubAck):
-            self.acks[i] = result
-            if span is not None:
-                span.set_attribute(tracing.ATTR_STREAM, result.stream)
-                span.set_attribute(tracing.ATTR_STREAM_SEQUENCE, result.seq)
-        else:  # the retry path decides: a retry if transient, else the PublishError + metric
-            self.retry.append(i)
-            if span is not None:
-                span.record_exception(result)
-        if span is not None:
-            span.end()
-        waiter = self.waiter
-        if waiter is not None and len(inflight) <= self.limit and not waiter.done():
-            waiter.set_result(None)
-
-    async def drain(self, limit: int, ack_timeout: float) -> None:
-        """Wait until at most ``limit`` are in flight; after ``ack_timeout`` without an ack the rest
-        go to the retry path (acks stopped coming: a disconnect?)."""
-        loop = asyncio.get_running_loop()
-        while len(self.inflight) > limit:
-            self.limit = limit
-            self.waiter = loop.create_future()
-            before = len(self.inflight)
-            try:
-                await asyncio.wait_for(self.waiter, ack_timeout)
-            except TimeoutError:
-                if len(self.inflight) < before:
-                    continue  # progress after all (the wake-up raced the timeout)
-                for span in self.inflight.values():
-                    if span is not None:
-                        span.end()
-                self.retry.extend(self.inflight)
-                self.inflight.clear()
-            finally:
-                self.waiter = None
 
 
 async def _publish_each(
