@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import random
 import subprocess
 import sys
@@ -131,10 +132,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--per-round", type=int, default=250)
     parser.add_argument("--out", default="bench/results/datapath.json")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="clients on one CPU, the backend server on another (the same for all contenders)",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     rows: list[dict[str, Any]] = []
-    with NetLab(CONTENDERS) as lab, WeirMaps(lab, "weir", max(sizes)) as weir:
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = (cpus[0], cpus[-1]) if args.pin and len(cpus) > 1 else None
+    with NetLab(CONTENDERS, cpus=pin) as lab, WeirMaps(lab, "weir", max(sizes)) as weir:
         clients = {c: Client(lab, c) for c in CONTENDERS}
         for n in sizes:
             print(f"[datapath] {n} services: loading rulesets and maps, measuring ...", flush=True)
@@ -142,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             print_table(rows[-1:])
     print()
     print_table(rows)
-    save(args.out, {"machine": describe(), "rows": rows})
+    save(args.out, {"machine": describe(), "cpus_server_client": pin, "rows": rows})
     return rows
 
 

@@ -34,6 +34,10 @@ def sh(*args: str, stdin: str | None = None) -> None:
 @dataclass
 class NetLab:
     contenders: tuple[str, ...]
+    # (server CPU, client CPU) or None: pinned, every connect() of every contender runs on the
+    # same CPU and the backend server on another, instead of wherever the scheduler put them
+    # (unpinned, the p50 of a contender moved between ~24 and ~38 us from run to run)
+    cpus: tuple[int, int] | None = None
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
 
@@ -93,7 +97,11 @@ class NetLab:
                 sh("ip", "-n", ns, "route", "add", cidr, "via", f"10.250.{i}.2")
             self.cgroup(contender).mkdir(parents=True, exist_ok=True)
         server = self._popen(
-            ["ip", "netns", "exec", srv, sys.executable, "-m", "bench.accept_server", *BACKENDS]
+            [
+                *self._pin(0),
+                *("ip", "netns", "exec", srv, sys.executable, "-m", "bench.accept_server"),
+                *BACKENDS,
+            ]
         )
         assert server.stdout is not None
         if server.stdout.readline().strip() != "ready":
@@ -104,7 +112,10 @@ class NetLab:
         remounts /sys, hiding cgroup2), through the sandbox's launcher."""
         launch = [sys.executable, "-m", "services.sandbox.launch"]
         where = ["--netns", self.client_ns(contender), "--cgroup", str(self.cgroup(contender))]
-        return self._popen([*launch, *where, "--", *argv])
+        return self._popen([*self._pin(1), *launch, *where, "--", *argv])
+
+    def _pin(self, which: int) -> list[str]:
+        return [] if self.cpus is None else ["taskset", "-c", str(self.cpus[which])]
 
     def _popen(self, argv: list[str]) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
