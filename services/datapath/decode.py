@@ -17,6 +17,7 @@ invalid input raises the contract's ``ValidationError`` naming the field.
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -209,15 +210,26 @@ def _service(svc: Any) -> ServiceView | None:
 
 
 def _slice(es: Any) -> SliceView:
+    # once per endpoint (100,000 at a cold sync): the named tuple's own __new__ is a Python-level
+    # call, tuple.__new__ is not; node names repeat on every slice, so one interned copy each
+    new, intern_ = tuple.__new__, sys.intern
     endpoints = []
     for ep in es["endpoints"]:
         c = ep["conditions"]
-        view = EndpointView(
-            ep["addresses"][0], c["ready"], c["serving"], c["terminating"], ep["node_name"]
+        node = ep["node_name"]
+        view = new(
+            EndpointView,
+            (
+                ep["addresses"][0],
+                c["ready"],
+                c["serving"],
+                c["terminating"],
+                None if node is None else intern_(node),
+            ),
         )
         endpoints.append(view)
     ports = tuple((p["name"] or "", p["protocol"], p["port"]) for p in es["ports"])
-    return SliceView("IPv4", ports, tuple(endpoints))
+    return new(SliceView, ("IPv4", ports, tuple(endpoints)))
 
 
 def _labels_ok(labels: dict[str, str]) -> bool:

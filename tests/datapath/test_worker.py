@@ -303,6 +303,24 @@ async def test_consuming_runs_with_rare_collections_and_restores_the_gc(
     assert gc.get_threshold() == before
 
 
+async def test_bootstrap_applies_with_the_gc_off_and_turns_it_back_on(
+    bus: Bus, start_worker: Callable[[FakeLBMap], asyncio.Future[Running]]
+) -> None:
+    """The cold sync's full apply runs with the cyclic GC disabled (its objects are long-lived
+    and acyclic); once synced the GC is on again and what the bootstrap built is frozen."""
+    assert gc.isenabled()
+    await publish_events(bus, events(TESTDATA / "clusterip.yaml"))
+    during: list[bool] = []
+    lbmap = FakeLBMap(on_write=lambda _name, _state: during.append(gc.isenabled()))
+    frozen = gc.get_freeze_count()
+    run = await start_worker(lbmap)
+    assert run.worker.synced and during and not any(during)
+    assert gc.isenabled()
+    assert gc.get_freeze_count() > frozen
+    await run.stop()
+    gc.unfreeze()
+
+
 def test_cli_process_serves_readyz(nats_server: NatsServer, tmp_path: Path) -> None:
     """``weir datapath --maps fake`` as a real process: ready after the first sync, exits on
     SIGTERM."""
