@@ -304,6 +304,7 @@ class DesiredState:
         self._slices_of: dict[ServiceRef, set[str]] = {}
         self._owned: dict[ServiceRef, dict[Frontend, FrontendSpec]] = {}
         self._claims: dict[Frontend, set[ServiceRef]] = {}
+        self._contested: set[Frontend] = set()  # claimed by more than one service
         self.frontends: dict[Frontend, FrontendSpec] = {}
         self._backend_refs: dict[BackendAddr, int] = {}  # frontends using each backend
         self.errors: dict[ServiceRef, list[str]] = {}
@@ -391,6 +392,10 @@ class DesiredState:
     def _resolve(self, fe: Frontend) -> None:
         claims = self._claims.get(fe)
         new = self._owned[min(claims)][fe] if claims else None
+        if claims is not None and len(claims) > 1:  # problems() reads these, not every claim
+            self._contested.add(fe)
+        elif self._contested:
+            self._contested.discard(fe)
         old = self.frontends.pop(fe, None) if new is None else self.frontends.get(fe)
         if new is None:
             self._claims.pop(fe, None)
@@ -415,7 +420,7 @@ class DesiredState:
         """Every current problem: per-service errors and frontends two services claim (the
         service whose namespace/name sorts first serves it)."""
         out = [msg for ref in sorted(self.errors) for msg in self.errors[ref]]
-        for fe in sorted(f for f, c in self._claims.items() if len(c) > 1):
+        for fe in sorted(self._contested):
             winner, *losers = sorted(self._claims[fe])
             out.extend(
                 f"service {ns}/{name}: frontend {fe} is already served by {winner[0]}/{winner[1]}"

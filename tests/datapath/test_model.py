@@ -6,6 +6,7 @@ the same defaulting (nil ready = ready, and so on) as the live pipeline.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -235,3 +236,29 @@ def test_desired_state_conflicting_vip_first_service_wins() -> None:
     (spec,) = ds.frontends.values()
     assert spec.service == "default/web"
     assert ds.problems() == []
+
+
+def test_contested_frontends_follow_churn_like_a_model_built_from_scratch() -> None:
+    """problems() reads the frontends the model keeps as contested (not every claim): after any
+    sequence of upserts and deletes they equal those of a model built from the survivors."""
+    rng = random.Random(6)
+    names = [f"s{i}" for i in range(8)]
+    vips = ["10.96.0.10", "10.96.0.11", "10.96.0.12"]
+    ds = DesiredState(NODE)
+    seen_contested = seen_clear = False
+    for _ in range(300):
+        name = rng.choice(names)
+        if rng.random() < 0.3:
+            ds.delete_service("default", name)
+        else:
+            ds.upsert_service("default", name, svc(clusterIP=rng.choice(vips)))
+        ds.flush()
+        fresh = DesiredState(NODE)
+        for (ns, n), view in ds.services.items():
+            fresh.upsert_service(ns, n, view)
+        fresh.flush()
+        assert ds.problems() == fresh.problems()
+        assert ds.frontends == fresh.frontends
+        seen_contested |= bool(fresh.problems())
+        seen_clear |= len(ds.services) > 0 and not fresh.problems()
+    assert seen_contested and seen_clear  # both states were exercised
