@@ -22,6 +22,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from contracts import subjects as s
+from services.common.consume import ack_position, last_per_subject
 
 
 class KVEntry(NamedTuple):
@@ -160,13 +161,16 @@ class NatsKV:
         return len(info.state.subjects or {})
 
     async def entries(self, prefix: str) -> list[KVEntry]:
-        watcher = await self._kv.watch(prefix + ">", ignore_deletes=True)
+        """A last-per-subject snapshot of the bucket's stream, complete up to its last sequence.
+
+        Not nats-py's KV ``watch``: its end-of-initial-values marker comes from the consumer's
+        pending count read right after the consumer is created, and under load it came before
+        any value (an empty listing of a bucket holding 1,000 keys)."""
+        snap = await last_per_subject(self._js, self._stream, self._subject(prefix + ">"))
         found: dict[str, KVEntry] = {}
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                found[entry.key] = KVEntry(entry.key, entry.value or b"", int(entry.revision or 0))
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        for msg in snap.messages:
+            if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+                continue
+            key = msg.subject.removeprefix(self._subject(""))
+            found[key] = KVEntry(key, msg.data or b"", ack_position(msg)[0])
         return [found[k] for k in sorted(found)]
