@@ -66,6 +66,19 @@ async def wait_applied(
     return took
 
 
+async def wait_status(js: JetStreamContext, node: str, within: float) -> None:
+    """Wait for a node's first NodeStatus (its bootstrap is done, even on an empty stream)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await js.get_last_msg(STREAM_STATUS, status_subject(node))
+            return
+        except NotFoundError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{node} published no status within {within:.0f}s") from None
+            await asyncio.sleep(0.05)
+
+
 async def backlog(js: JetStreamContext, node: str) -> int:
     """Messages the node's durable consumer has not yet acked (pending + in flight)."""
     info = await js.consumer_info(STREAM_K8S, durable_name(node))

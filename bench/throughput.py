@@ -35,21 +35,27 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client, config
-from nats.js.errors import NotFoundError
 
 from bench import objects as o
-from bench.busprobe import backlog, node_applied, stream_state, wait_applied, wait_published
+from bench.busprobe import (
+    backlog,
+    node_applied,
+    stream_state,
+    wait_applied,
+    wait_published,
+    wait_status,
+)
 from bench.machine import describe, save
 from bench.stack import Stack
-from contracts.subjects import STREAM_STATUS, k8s_subject, status_subject
+from contracts.subjects import k8s_subject
 from contracts.v1.convert import to_event
-from services.common.bus import Outgoing, connect_bus, provision, publish_batch
+from services.common.bus import Bus, Outgoing, connect_bus, provision, publish_batch
 
 SYNTH_NS = "synth"
 _IP_MARK, _RV_MARK = "10.255.255.254", "987654321"
@@ -247,54 +253,49 @@ async def bus_to_maps(stack: Stack, js: Any, node: str, args: argparse.Namespace
     return {"steps": steps, "max_sustained_per_s": best}
 
 
-async def wait_status(js: Any, node: str, within: float) -> None:
-    """Wait for a node's first NodeStatus (its bootstrap is done, even on an empty stream)."""
-    deadline = time.monotonic() + within
-    while True:
+@contextlib.asynccontextmanager
+async def loaded_stack(services: int, client: str) -> AsyncIterator[tuple[Stack, Bus]]:
+    """nats-server and the API stand-in holding ``services`` Services and their slices, and a
+    bus connection with the streams provisioned; everything removed on exit."""
+    with Stack() as stack:
+        manifest = o.write_manifest(stack.workdir / "load.json", services, 2)
+        stack.start_nats()
+        stack.start_apiserver([manifest])
+        bus = await connect_bus(stack.nats_url, client)
         try:
-            await js.get_last_msg(STREAM_STATUS, status_subject(node))
-            return
-        except NotFoundError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{node} published no status within {within:.0f}s") from None
-            await asyncio.sleep(0.05)
+            await provision(bus.js)
+            yield stack, bus
+        finally:
+            await bus.close()
 
 
 async def list_to_maps(args: argparse.Namespace) -> dict[str, Any]:
     """Watcher list -> bus -> one worker's maps, end to end (see the module docstring)."""
-    with Stack() as stack:
-        manifest = o.write_manifest(stack.workdir / "load.json", args.services, 2)
-        stack.start_nats()
-        stack.start_apiserver([manifest])
-        bus = await connect_bus(stack.nats_url, "bench-throughput-e2e")
-        try:
-            await provision(bus.js)
-            worker = stack.add_worker()
-            await wait_status(bus.js, worker.node, args.timeout)
-            stack.start_watcher()
-            expected = 2 * args.services
-            first = published = None
-            last_seq = 0
-            deadline = time.monotonic() + args.timeout
-            while published is None:  # poll the stream for the first and the last message
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the watcher did not publish {expected} objects")
-                messages, last_seq = await stream_state(bus.js)
-                now = time.monotonic()
-                if messages and first is None:
-                    first = now
-                if messages >= expected:
-                    published = now
-                await asyncio.sleep(0.01)
-            assert first is not None
-            while (applied := await node_applied(bus.js, worker.node)) < last_seq:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{worker.node} applied {applied} of {last_seq}")
-                await asyncio.sleep(0.01)
-            done = time.monotonic()
-            stack.check_alive()
-        finally:
-            await bus.close()
+    async with loaded_stack(args.services, "bench-throughput-e2e") as (stack, bus):
+        worker = stack.add_worker()
+        await wait_status(bus.js, worker.node, args.timeout)
+        stack.start_watcher()
+        expected = 2 * args.services
+        first = published = None
+        last_seq = 0
+        deadline = time.monotonic() + args.timeout
+        while published is None:  # poll the stream for the first and the last message
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the watcher did not publish {expected} objects")
+            messages, last_seq = await stream_state(bus.js)
+            now = time.monotonic()
+            if messages and first is None:
+                first = now
+            if messages >= expected:
+                published = now
+            await asyncio.sleep(0.01)
+        assert first is not None
+        while (applied := await node_applied(bus.js, worker.node)) < last_seq:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{worker.node} applied {applied} of {last_seq}")
+            await asyncio.sleep(0.01)
+        done = time.monotonic()
+        stack.check_alive()
     result = {
         "events": expected,
         "publish_s": published - first,
@@ -374,20 +375,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": describe(), "services": args.services}
     if args.end_to_end:
         result["end_to_end"] = await list_to_maps(args)
-    with Stack() as stack:
-        manifest = o.write_manifest(stack.workdir / "load.json", args.services, 2)
-        stack.start_nats()
-        stack.start_apiserver([manifest])
-        bus = await connect_bus(stack.nats_url, "bench-throughput")
-        try:
-            await provision(bus.js)
-            watcher = await watcher_stages(stack, args, bus.js)
-            result["watcher"] = watcher
-            result["bus_to_maps"] = await bus_to_maps(stack, bus.js, watcher["node"], args)
-            stack.check_alive()
-            result["worker_rss_mib"] = stack.workers[0].rss_mib()
-        finally:
-            await bus.close()
+    async with loaded_stack(args.services, "bench-throughput") as (stack, bus):
+        watcher = await watcher_stages(stack, args, bus.js)
+        result["watcher"] = watcher
+        result["bus_to_maps"] = await bus_to_maps(stack, bus.js, watcher["node"], args)
+        stack.check_alive()
+        result["worker_rss_mib"] = stack.workers[0].rss_mib()
     identity: list[dict[str, Any]] = []
     for k in (int(x) for x in args.allocators.split(",") if x.strip()):  # "" = none
         with Stack() as stack:
