@@ -2,10 +2,13 @@
 
 The harness starts it inside the contender's cgroup and namespace; it serves requests from the
 harness on stdin, one JSON line each:
-``{"targets": [[ip, port], ...], "count": N}`` -> ``{"ns": [t1, t2, ...], "errors": E}``,
-where each ``t`` is the wall time of one blocking ``connect()`` in nanoseconds. Sockets close with
-SO_LINGER 0 (RST instead of FIN) so no TIME_WAIT state builds up and distorts later connects.
-Keeping one long-lived process per contender lets the harness interleave contenders round by round.
+``{"targets": [[ip, port], ...], "count": N, "seed": S}`` -> ``{"ns": [t1, ...], "errors": E}``,
+where each ``t`` is the wall time of one blocking ``connect()`` in nanoseconds. Targets are
+picked at random with the seed ``S``: the harness gives the contenders of one chunk the same seed
+(iptables and Weir connect to the same Services in the same order) and every chunk another one
+(short chunks still cover the whole target list). Sockets close with SO_LINGER 0 (RST instead
+of FIN) so no TIME_WAIT state builds up and distorts later connects. Keeping one long-lived
+process per contender lets the harness interleave contenders every few connects.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import time
 LINGER_RST = struct.pack("ii", 1, 0)
 
 
-def measure(targets: list[tuple[str, int]], count: int) -> tuple[list[int], int]:
+def measure(targets: list[tuple[str, int]], count: int, seed: int) -> tuple[list[int], int]:
     timings: list[int] = []
     errors = 0
-    rng = random.Random(count)
+    rng = random.Random(seed)
     for _ in range(count):
         target = targets[rng.randrange(len(targets))]
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -45,7 +48,7 @@ def main() -> None:
     for line in sys.stdin:
         req = json.loads(line)
         targets = [(str(ip), int(port)) for ip, port in req["targets"]]
-        timings, errors = measure(targets, int(req["count"]))
+        timings, errors = measure(targets, int(req["count"]), int(req.get("seed", req["count"])))
         print(json.dumps({"ns": timings, "errors": errors}), flush=True)
 
 

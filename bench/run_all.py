@@ -30,8 +30,8 @@ RESULTS = Path("bench/results")
 # name -> (arguments for the full run, arguments for --quick)
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "datapath": (
-        ["--sizes", "100,1000,10000,100000", "--rounds", "10", "--per-round", "200"],
-        ["--sizes", "100,1000", "--rounds", "3", "--per-round", "100"],
+        ["--sizes", "100,1000,10000,100000", "--rounds", "40", "--per-round", "100"],
+        ["--sizes", "100,1000", "--rounds", "4", "--per-round", "50"],
     ),
     "coldsync": (
         ["--services", "10000", "--endpoints", "10", "--changes", "30"],
@@ -92,6 +92,32 @@ def fmt(value: float, unit: str = "", digits: int = 1) -> str:
     return f"{value:.{digits}f}{unit}"
 
 
+def datapath_rows(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """One line per size: p50/p99, the paired ratio to the floor (median over rounds, with its
+    IQR; the pooled ratio beside it when the result has both) and connect4's own cost."""
+    out: list[tuple[str, str, str, str]] = []
+    for r in rows:
+        w, i, d = r["weir"], r["iptables"], r["direct"]
+        weir = f"{w['p50_us']:.1f}/{w['p99_us']:.1f} us"
+        ipt = f"{i['p50_us']:.1f}/{i['p99_us']:.1f} us"
+        if "paired_p50_ratio" in r:  # results written before the paired design have none
+            pw, pi = r["paired_p50_ratio"]["weir"], r["paired_p50_ratio"]["iptables"]
+            weir += (
+                f" (paired {pw['median']:.2f}x floor, IQR {pw['p25']:.2f}-{pw['p75']:.2f}; "
+                f"pooled {w['p50_ratio_to_direct']:.2f}x; "
+                f"connect4 {r['connect4']['ns_per_run'] / 1000:.2f} us/connect)"
+            )
+            ipt += (
+                f" (paired {pi['median']:.2f}x floor; pooled {i['p50_ratio_to_direct']:.2f}x; "
+                f"floor {d['p50_us']:.1f} us)"
+            )
+        else:
+            weir += f" ({w['p50_ratio_to_direct']:.2f}x floor)"
+            ipt += f" ({i['p50_ratio_to_direct']:.2f}x floor; floor {d['p50_us']:.1f} us)"
+        out.append(("datapath", f"connect p50/p99, {r['services']} Services", weir, ipt))
+    return out
+
+
 def summary_rows(runs: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     """(benchmark, what, Weir, kube-proxy / ratio) lines of the summary table (pure)."""
     rows: list[tuple[str, str, str, str]] = []
@@ -101,15 +127,7 @@ def summary_rows(runs: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, s
             continue
         data = run["data"]
         if name == "datapath":
-            for r in data["rows"]:
-                w, i, d = r["weir"], r["iptables"], r["direct"]
-                weir = f"{w['p50_us']:.1f}/{w['p99_us']:.1f} us"
-                ipt = f"{i['p50_us']:.1f}/{i['p99_us']:.1f} us"
-                rows.append((
-                    name, f"connect p50/p99, {r['services']} Services",
-                    f"{weir} ({w['p50_ratio_to_direct']:.2f}x floor)",
-                    f"{ipt} ({i['p50_ratio_to_direct']:.2f}x floor; floor {d['p50_us']:.1f} us)",
-                ))  # fmt: skip
+            rows.extend(datapath_rows(data["rows"]))
         elif name == "coldsync":
             r = data.get("result", data)
             rows.append((

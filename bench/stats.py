@@ -1,8 +1,9 @@
-"""Percentiles and ratio tables shared by the benchmarks (pure)."""
+"""Percentiles, spreads and paired ratios shared by the benchmarks (pure: lists in, numbers out)."""
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 
@@ -24,3 +25,28 @@ def summary_us(ns: Sequence[int]) -> dict[str, float]:
         "p99_us": percentile(us, 99),
         "mean_us": sum(us) / len(us) if us else math.nan,
     }
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median and inter-quartile range (quartiles interpolated, ``statistics`` inclusive method)
+    of a non-empty sequence, plus its min and max."""
+    if len(values) < 2:
+        only = float(values[0]) if values else math.nan
+        return {"median": only, "p25": only, "p75": only, "min": only, "max": only}
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return {"median": q2, "p25": q1, "p75": q3, "min": min(values), "max": max(values)}
+
+
+def paired_ratio(contender: Sequence[Sequence[int]], floor: Sequence[Sequence[int]]) -> list[float]:
+    """Per round, the contender's p50 over the floor's p50 from the same round (pure).
+
+    The two lists hold one list of timings per round, in round order; a round where either side
+    has no timing at all (every connect failed) gives no ratio rather than a made-up one.
+    """
+    if len(contender) != len(floor):
+        raise ValueError(f"paired_ratio: {len(contender)} contender rounds, {len(floor)} floor")
+    return [
+        percentile(c, 50) / percentile(f, 50)
+        for c, f in zip(contender, floor, strict=True)
+        if c and f
+    ]
