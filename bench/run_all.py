@@ -94,7 +94,8 @@ def fmt(value: float, unit: str = "", digits: int = 1) -> str:
 
 def datapath_rows(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     """One line per size: p50/p99, the paired ratio to the floor (median over rounds, with its
-    IQR; the pooled ratio beside it when the result has both) and connect4's own cost."""
+    IQR), the pooled ratio and connect4's own cost (median over chunks, and the mean); results
+    written before the paired design show their pooled ratio alone."""
     out: list[tuple[str, str, str, str]] = []
     for r in rows:
         w, i, d = r["weir"], r["iptables"], r["direct"]
@@ -102,10 +103,12 @@ def datapath_rows(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]
         ipt = f"{i['p50_us']:.1f}/{i['p99_us']:.1f} us"
         if "paired_p50_ratio" in r:  # results written before the paired design have none
             pw, pi = r["paired_p50_ratio"]["weir"], r["paired_p50_ratio"]["iptables"]
+            c4 = r["connect4"]
             weir += (
                 f" (paired {pw['median']:.2f}x floor, IQR {pw['p25']:.2f}-{pw['p75']:.2f}; "
-                f"pooled {w['p50_ratio_to_direct']:.2f}x; "
-                f"connect4 {r['connect4']['ns_per_run'] / 1000:.2f} us/connect)"
+                f"pooled {w['p50_ratio_to_direct']:.2f}x; connect4 program "
+                f"{c4['chunk_ns_per_run']['median'] / 1000:.2f} us/connect, "
+                f"mean {c4['ns_per_run'] / 1000:.2f})"
             )
             ipt += (
                 f" (paired {pi['median']:.2f}x floor; pooled {i['p50_ratio_to_direct']:.2f}x; "

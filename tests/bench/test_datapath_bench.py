@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 
 from bench.bpfstats import ProgMeter, stats_enabled
-from bench.datapath import CONTENDERS, Client, make_services, plan_round
+from bench.datapath import CONTENDERS, Client, Plan, bench_size, make_services, plan_round
 from bench.netlab import BACKEND_PORT, BACKENDS, NetLab
 from bench.run_all import datapath_rows
 from bench.stats import paired_ratio, percentile, spread
@@ -75,11 +75,12 @@ def test_datapath_summary_rows_name_the_estimators() -> None:
             "weir": {"median": 1.02, "p25": 1.01, "p75": 1.04},
             "iptables": {"median": 1.49, "p25": 1.4, "p75": 1.6},
         },
-        "connect4": {"ns_per_run": 640.0},
+        "connect4": {"ns_per_run": 910.0, "chunk_ns_per_run": {"median": 640.0}},
     }
     (line,) = datapath_rows([row])
     assert line[2] == (
-        "21.0/55.0 us (paired 1.02x floor, IQR 1.01-1.04; pooled 1.05x; connect4 0.64 us/connect)"
+        "21.0/55.0 us (paired 1.02x floor, IQR 1.01-1.04; pooled 1.05x; "
+        "connect4 program 0.64 us/connect, mean 0.91)"
     )
     assert line[3] == "30.0/70.0 us (paired 1.49x floor; pooled 1.50x; floor 20.0 us)"
     old = {k: v for k, v in row.items() if k not in ("paired_p50_ratio", "connect4")}
@@ -104,3 +105,29 @@ def test_connect4_meter_counts_every_connect_of_the_weir_cgroup() -> None:
     assert len(via_vip["ns"]) == 40
     assert cost.run_cnt == 50  # every connect in the cgroup runs connect4, service or not
     assert 0 < cost.ns_per_run < 1_000_000
+
+
+@pytest.mark.bpf
+def test_bench_size_pairs_rounds_and_meters_every_weir_connect() -> None:
+    plan = Plan(rounds=3, per_round=10, chunk=4)
+    with (
+        NetLab(CONTENDERS) as lab,
+        WeirMaps(lab, "weir", 8) as weir,
+        stats_enabled(),
+    ):
+        clients = {c: Client(lab, c) for c in CONTENDERS}
+        meter = ProgMeter(lab.cgroup("weir"))
+        try:
+            row = bench_size(lab, clients, weir, meter, 5, plan)
+        finally:
+            meter.close()
+    assert all(row[c]["errors"] == 0 and row[c]["n"] == 30 for c in CONTENDERS)
+    assert row["connect4"]["runs"] == row["connect4"]["weir_connects"] == 30
+    assert row["connect4"]["ns_per_run"] > 0
+    assert len(row["paired_p50_ratio"]["weir"]["ratios"]) == 3
+    assert len(row["round_p50_us"]["direct"]) == 3
+    direct = row["round_p50_us"]["direct"]
+    weir_p50 = row["round_p50_us"]["weir"]
+    assert row["paired_p50_ratio"]["weir"]["ratios"] == [
+        pytest.approx(w / d) for w, d in zip(weir_p50, direct, strict=True)
+    ]
