@@ -148,14 +148,16 @@ def bench_size(
     for contender in CONTENDERS:  # warm-up, not recorded: caches, the fresh nft ruleset
         clients[contender].run(targets[contender], plan.per_round, rng.getrandbits(32))
     before = meter.read()
-    chunk_costs: list[float] = []  # connect4 ns per run over each weir chunk
+    chunks: list[tuple[str, float]] = []  # (contender before it, connect4 ns/run) per weir chunk
+    previous = ""
     for _ in range(plan.rounds):
         this_round: dict[str, list[int]] = {c: [] for c in CONTENDERS}
         for contender, count, seed in plan_round(rng, plan.per_round, plan.chunk):
             start = meter.read()
             result = clients[contender].run(targets[contender], count, seed)
             if contender == "weir":
-                chunk_costs.append((meter.read() - start).ns_per_run)
+                chunks.append((previous, (meter.read() - start).ns_per_run))
+            previous = contender
             this_round[contender].extend(result["ns"])
             errors[contender] += result["errors"]
         for c in CONTENDERS:
@@ -176,7 +178,12 @@ def bench_size(
         "round_p50_us": {c: [percentile(r, 50) / 1000.0 for r in rounds[c]] for c in CONTENDERS},
         "connect4": {
             "ns_per_run": cost.ns_per_run,  # mean over every measured run
-            "chunk_ns_per_run": spread(chunk_costs),  # one mean per weir chunk
+            "chunk_ns_per_run": spread([ns for _, ns in chunks]),  # one mean per weir chunk
+            "chunk_ns_per_run_after": {  # by the contender that ran just before the chunk
+                c: spread(after)
+                for c in CONTENDERS
+                if (after := [ns for p, ns in chunks if p == c])
+            },
             "runs": cost.run_cnt,
             "run_time_ns": cost.run_time_ns,
             "weir_connects": plan.rounds * plan.per_round,
