@@ -26,7 +26,7 @@ from contracts.v1.namespace import Namespace
 from contracts.v1.networkpolicy import NetworkPolicy
 from contracts.v1.node import Node
 from contracts.v1.pod import Pod
-from contracts.v1.raw import Out, RawError, Src, is_object, locate
+from contracts.v1.raw import Out, QuickSrc, RawError, Src, is_object, locate
 from contracts.v1.service import Service
 
 _KINDS: Final[dict[str, tuple[Callable[[Src], Out], type[Model]]]] = {
@@ -91,7 +91,11 @@ def from_k8s(kind: str, obj: Mapping[str, Any]) -> Payload:
 def _payload(kind: str, obj: Mapping[str, Any], namespace: str | None, name: str | None) -> Payload:
     """:func:`from_k8s` for a known kind and a JSON object; ``namespace``/``name`` for errors."""
     reshape, model = _KINDS[kind]
-    try:
+    try:  # the quick pass: no paths recorded (see contracts.v1.raw); valid objects end here
+        return model.model_validate(reshape(QuickSrc(obj)).data)  # type: ignore[return-value]
+    except (RawError, ValidationError):
+        pass
+    try:  # again, recording paths, to name the field
         out = reshape(Src(obj))
     except RawError as exc:
         raise ContractError(kind, namespace, name, exc.path, exc.message) from None
@@ -105,6 +109,34 @@ def _payload(kind: str, obj: Mapping[str, Any], namespace: str | None, name: str
 def _metadata(
     kind: str, obj: Mapping[str, Any], namespace: str | None, name: str | None
 ) -> tuple[str | None, str, str, str]:
+    """(namespace, name, uid, resourceVersion) of the object; ``namespace``/``name`` for errors."""
+    meta = obj.get("metadata")
+    if type(meta) is dict:  # the common case, read directly: every field a non-empty string
+        real_name, ns = meta.get("name"), meta.get("namespace")
+        uid, rv = meta.get("uid"), meta.get("resourceVersion")
+        cluster_scoped = kind in CLUSTER_SCOPED_KINDS
+        if (
+            type(real_name) is str
+            and type(uid) is str
+            and type(rv) is str
+            and real_name
+            and uid
+            and rv
+            and ((ns is None or type(ns) is str) if cluster_scoped else (type(ns) is str and ns))
+        ):
+            try:
+                check_object_name(kind, real_name)
+            except ValueError:
+                pass  # reported below, with the field
+            else:
+                return (None if cluster_scoped else ns), real_name, uid, rv
+    return _metadata_checked(kind, obj, namespace, name)
+
+
+def _metadata_checked(
+    kind: str, obj: Mapping[str, Any], namespace: str | None, name: str | None
+) -> tuple[str | None, str, str, str]:
+    """:func:`_metadata` for any input, raising the ContractError that names the field."""
     try:
         meta = Src(obj).obj("metadata")
         for key in ("name", "namespace", "uid", "resourceVersion"):
@@ -146,7 +178,7 @@ def to_event(
     if kind not in _KINDS:
         raise ContractError(kind, *_ref(obj), "", f"unknown kind; expected one of {K8S_KINDS}")
     try:
-        op = Op(op)
+        op = op if type(op) is Op else Op(op)
     except ValueError:
         raise ContractError(kind, *_ref(obj), "", f"unknown op {op!r}") from None
     ref_ns, ref_name = _ref(obj)

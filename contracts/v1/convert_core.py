@@ -21,7 +21,7 @@ def labels(obj: Src, out: Out) -> None:
 
 
 def service(obj: Src) -> Out:
-    out = Out()
+    out = obj.out()
     spec, status, meta = obj.obj("spec"), obj.obj("status"), obj.obj("metadata")
     out.take("type", spec, "type")
     cluster_ip = spec.string("clusterIP")
@@ -59,7 +59,7 @@ def service(obj: Src) -> Out:
 
 
 def _service_port(port: Src) -> Out:
-    out = Out(port.path)
+    out = port.out()
     out.take("name", port, "name")
     out.take("protocol", port, "protocol")
     out.take("port", port, "port")
@@ -74,7 +74,7 @@ def _service_port(port: Src) -> Out:
 
 
 def endpointslice(obj: Src) -> Out:
-    out = Out()
+    out = obj.out()
     meta = obj.obj("metadata")
     out.take("address_type", obj, "addressType")
     out.take("service_name", meta.obj("labels"), SERVICE_NAME_LABEL)
@@ -85,10 +85,10 @@ def endpointslice(obj: Src) -> Out:
 
 
 def _endpoint(endpoint: Src) -> Out:
-    out = Out(endpoint.path)
+    out = endpoint.out()
     out.take("addresses", endpoint, "addresses")
     conditions = endpoint.obj("conditions")
-    cond = Out(conditions.path)
+    cond = conditions.out()
     ready = conditions.get("ready", True)
     cond.put("ready", ready, conditions.at("ready"))
     cond.put("serving", conditions.get("serving", ready), conditions.at("serving"))
@@ -98,7 +98,7 @@ def _endpoint(endpoint: Src) -> Out:
     out.take("zone", endpoint, "zone")
     if endpoint.has("hints"):
         hints = endpoint.obj("hints")
-        hint = Out(hints.path)
+        hint = hints.out()
         zones = hints.items("forZones")
         hint.put_items(
             "for_zones", [(z.get("name"), z.at("name")) for z in zones], hints.at("forZones")
@@ -110,7 +110,7 @@ def _endpoint(endpoint: Src) -> Out:
         out.put("hints", hint, hints.path)
     if endpoint.has("targetRef"):
         ref = endpoint.obj("targetRef")
-        target = Out(ref.path)
+        target = ref.out()
         for key in ("kind", "namespace", "name", "uid"):
             target.take(key, ref, key)
         out.put("target_ref", target, ref.path)
@@ -118,7 +118,7 @@ def _endpoint(endpoint: Src) -> Out:
 
 
 def _endpoint_port(port: Src) -> Out:
-    out = Out(port.path)
+    out = port.out()
     if port.get("name") != "":
         out.take("name", port, "name")
     out.take("protocol", port, "protocol")
@@ -128,7 +128,7 @@ def _endpoint_port(port: Src) -> Out:
 
 
 def pod(obj: Src) -> Out:
-    out = Out()
+    out = obj.out()
     spec, status, meta = obj.obj("spec"), obj.obj("status"), obj.obj("metadata")
     pod_ips = status.items("podIPs")
     if pod_ips:
@@ -150,7 +150,7 @@ def pod(obj: Src) -> Out:
     ports: list[Out] = []
     for container in spec.items("containers"):
         for port in container.items("ports"):
-            item = Out(port.path)
+            item = port.out()
             item.take("container", container, "name")
             item.take("name", port, "name")
             item.take("port", port, "containerPort")
@@ -162,17 +162,17 @@ def pod(obj: Src) -> Out:
 
 
 def namespace(obj: Src) -> Out:
-    out = Out()
+    out = obj.out()
     labels(obj, out)
     return out
 
 
 def node(obj: Src) -> Out:
-    out = Out()
+    out = obj.out()
     spec, status = obj.obj("spec"), obj.obj("status")
     addresses: list[Out] = []
     for address in status.items("addresses"):
-        item = Out(address.path)
+        item = address.out()
         item.take("type", address, "type")
         item.take("address", address, "address")
         addresses.append(item)

@@ -12,7 +12,7 @@ from contracts.v1.raw import Out, Src
 
 
 def networkpolicy(obj: Src) -> Out:
-    out = Out()
+    out = obj.out()
     spec = obj.obj("spec")
     out.put("pod_selector", selector(spec.obj("podSelector")), spec.at("podSelector"))
     ingress = [_rule(r, "from", "from_peers") for r in spec.items("ingress")]
@@ -29,11 +29,11 @@ def networkpolicy(obj: Src) -> Out:
 
 
 def selector(sel: Src) -> Out:
-    out = Out(sel.path)
+    out = sel.out()
     out.take("match_labels", sel, "matchLabels")
     exprs: list[Out] = []
     for expr in sel.items("matchExpressions"):
-        item = Out(expr.path)
+        item = expr.out()
         for raw_key in ("key", "operator", "values"):
             item.take(raw_key, expr, raw_key)
         exprs.append(item)
@@ -42,14 +42,14 @@ def selector(sel: Src) -> Out:
 
 
 def _rule(rule: Src, peers_key: str, field: str) -> Out:
-    out = Out(rule.path)
+    out = rule.out()
     out.put("ports", [_port(p) for p in rule.items("ports")], rule.at("ports"))
     out.put(field, [_peer(p) for p in rule.items(peers_key)], rule.at(peers_key))
     return out
 
 
 def _port(port: Src) -> Out:
-    out = Out(port.path)
+    out = port.out()
     out.take("protocol", port, "protocol")
     out.take("port", port, "port")
     out.take("end_port", port, "endPort")
@@ -57,7 +57,7 @@ def _port(port: Src) -> Out:
 
 
 def _peer(peer: Src) -> Out:
-    out = Out(peer.path)
+    out = peer.out()
     if peer.has("podSelector"):
         out.put("pod_selector", selector(peer.obj("podSelector")), peer.at("podSelector"))
     if peer.has("namespaceSelector"):
@@ -65,7 +65,7 @@ def _peer(peer: Src) -> Out:
         out.put("namespace_selector", selector(ns_sel), peer.at("namespaceSelector"))
     if peer.has("ipBlock"):
         block = peer.obj("ipBlock")
-        ip_block = Out(block.path)
+        ip_block = block.out()
         ip_block.take("cidr", block, "cidr")
         ip_block.take("except_cidrs", block, "except")
         out.put("ip_block", ip_block, block.path)

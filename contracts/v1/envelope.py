@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal, get_args
+from typing import Annotated, Final, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -52,6 +52,12 @@ LABEL_NAMED_KINDS = frozenset({"service", "namespace"})
 
 
 _NO_OBJECT: Final = {"object"}
+# the fields checked() is given (every one but api_version, which keeps its default)
+_GIVEN_FIELDS: Final = frozenset(
+    {"kind", "op", "namespace", "name", "uid", "resource_version", "observed_at"}
+    | {"producer", "object"}
+)
+_object_setattr = object.__setattr__
 
 
 def _to_json(model: Model) -> bytes:
@@ -133,10 +139,52 @@ class K8sEvent(Model):
 
         When every field is already of its final type (a converter's output: known kind, Op,
         strings, an aware datetime, a validated payload), the cross-field rules are checked here
-        and the model is built without a second pydantic pass; anything else goes through full
-        validation, so the errors (field and message) are exactly those of ``K8sEvent(...)``.
+        and the model is built as ``model_construct`` would build it, without a second pydantic
+        pass; anything else goes through full validation, so the errors (field and message) are
+        exactly those of ``K8sEvent(...)``.
         """
-        fields: dict[str, Any] = dict(
+        if (
+            kind in _KINDS
+            and type(op) is Op
+            and (namespace is None or type(namespace) is str)
+            and type(name) is str
+            and type(uid) is str
+            and type(resource_version) is str
+            and type(producer) is str
+            and name
+            and uid
+            and resource_version
+            and producer
+            and type(observed_at) is datetime
+            and observed_at.utcoffset() is not None
+            and (object is None or isinstance(object, _PAYLOAD_TYPES))
+            and envelope_problem(kind, op, namespace, name, object) is None
+        ):
+            # what model_construct() builds (fields in declaration order, the default
+            # api_version not counted as set), without its per-field walk
+            event = cls.__new__(cls)
+            setattr_ = _object_setattr
+            setattr_(
+                event,
+                "__dict__",
+                {
+                    "api_version": API_VERSION,
+                    "kind": kind,
+                    "op": op,
+                    "namespace": namespace,
+                    "name": name,
+                    "uid": uid,
+                    "resource_version": resource_version,
+                    "observed_at": observed_at.astimezone(UTC),
+                    "producer": producer,
+                    "object": object,
+                },
+            )
+            setattr_(event, "__pydantic_fields_set__", set(_GIVEN_FIELDS))
+            setattr_(event, "__pydantic_extra__", None)
+            setattr_(event, "__pydantic_private__", None)
+            return event
+        return cls(  # raises the ValidationError naming the field
             kind=kind,
             op=op,
             namespace=namespace,
@@ -147,19 +195,6 @@ class K8sEvent(Model):
             producer=producer,
             object=object,
         )
-        typed = (
-            kind in _KINDS
-            and type(op) is Op
-            and (namespace is None or type(namespace) is str)
-            and all(type(v) is str and v for v in (name, uid, resource_version, producer))
-            and type(observed_at) is datetime
-            and observed_at.utcoffset() is not None
-            and (object is None or isinstance(object, _PAYLOAD_TYPES))
-        )
-        if not typed or envelope_problem(kind, op, namespace, name, object) is not None:
-            return cls(**fields)  # raises the ValidationError naming the field
-        fields["observed_at"] = observed_at.astimezone(UTC)
-        return cls.model_construct(**fields)
 
     def encoded(self) -> tuple[bytes, bytes]:
         """(payload JSON, event JSON), equal to the two ``model_dump_json()`` results."""

@@ -7,6 +7,13 @@ built as a tree of :class:`Out` nodes that record the source path of every value
 error location (a path in *our* model) is walked through that tree back to the Kubernetes path
 (:func:`locate`). This keeps one source of truth for validation (the models) while errors still
 read ``spec.ports[0].port``.
+
+Recording paths costs more than the reshaping itself, and almost every object is valid, so a
+converter runs the same reshaper twice at most: first over :class:`QuickSrc`, whose nodes
+(:class:`QuickOut`) keep only the model input, and only when that input fails (a
+:class:`RawError` or a pydantic error) again over :class:`Src` to name the field. A reshaper
+never builds nodes by class name but asks its source (:meth:`Src.out`), so the one reshaper
+serves both passes and they build the same input.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ def _type_name(value: object) -> str:
 
 class Src:
     """A read-only view of one raw JSON object at a dotted path."""
+
+    __slots__ = ("data", "path")
 
     def __init__(self, data: Mapping[str, Any], path: str = "") -> None:
         self.data = data
@@ -89,6 +98,46 @@ class Src:
             return value
         raise RawError(self.at(key), f"expected a string, got {_type_name(value)}")
 
+    def out(self) -> Out:
+        """A new model-input node for this object, recording paths as this view does."""
+        return Out(self.path)
+
+
+class QuickSrc(Src):
+    """:class:`Src` without paths, for the first pass: its errors name no field (the converter
+    reruns the reshaper over :class:`Src` for that) and its nodes are :class:`QuickOut`."""
+
+    __slots__ = ()
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.data = data
+        self.path = ""
+
+    def at(self, key: str) -> str:
+        return ""
+
+    def obj(self, key: str) -> Src:
+        value = self.data.get(key)
+        if value is None:
+            return _QUICK_EMPTY
+        if type(value) is dict or isinstance(value, Mapping):
+            return QuickSrc(value)
+        raise RawError("", f"expected an object, got {_type_name(value)}")
+
+    def items(self, key: str) -> list[Src]:
+        out: list[Src] = []
+        for item in self.values(key):
+            if type(item) is not dict and not isinstance(item, Mapping):
+                raise RawError("", f"expected an object, got {_type_name(item)}")
+            out.append(QuickSrc(item))
+        return out
+
+    def out(self) -> Out:
+        return QuickOut()
+
+
+_QUICK_EMPTY = QuickSrc(_EMPTY)
+
 
 class Out:
     """Model input under construction plus the Kubernetes path of every field, and of every list
@@ -112,18 +161,24 @@ class Out:
         """Set ``key``; None means "use the model default" and is left out. ``value`` may be an
         :class:`Out` or a list of them."""
         self.paths[key] = path
-        if value is None:
-            return
-        if type(value) is Out:
-            self.data[key] = value.data
-        elif type(value) is list and any(type(v) is Out for v in value):
-            self.data[key] = [v.data if type(v) is Out else v for v in value]
-        else:
-            self.data[key] = value
+        if value is None or not self._store(key, value):
             return
         if self.nodes is None:
             self.nodes = {}
         self.nodes[key] = value
+
+    def _store(self, key: str, value: Any) -> bool:
+        """Set ``data[key]`` to ``value``'s plain data; True when ``value`` holds nodes (of this
+        node's own class: a pass never mixes the two)."""
+        node = type(self)
+        if type(value) is node:
+            self.data[key] = value.data
+        elif type(value) is list and any(type(v) is node for v in value):
+            self.data[key] = [v.data if type(v) is node else v for v in value]
+        else:
+            self.data[key] = value
+            return False
+        return True
 
     def take(self, key: str, src: Src, raw_key: str) -> None:
         value = src.data.get(raw_key)
@@ -148,6 +203,29 @@ class Out:
 
     def items_path(self, key: str) -> list[str] | None:
         return self.item_paths.get(key) if self.item_paths is not None else None
+
+
+class QuickOut(Out):
+    """:class:`Out` keeping only ``data`` (the same data): a :class:`QuickSrc` pass's nodes.
+    It records no paths, so it never goes to :func:`locate`."""
+
+    __slots__ = ()
+
+    def __init__(self, path: str = "") -> None:
+        self.data = {}
+
+    def put(self, key: str, value: Any, path: str) -> None:
+        if value is not None:
+            self._store(key, value)
+
+    def take(self, key: str, src: Src, raw_key: str) -> None:
+        value = src.data.get(raw_key)
+        if value is not None:
+            self.data[key] = value
+
+    def put_items(self, key: str, items: list[tuple[Any, str]], path: str) -> None:
+        if items:
+            self.data[key] = [value for value, _ in items]
 
 
 def locate(root: Out, loc: tuple[str | int, ...]) -> str:

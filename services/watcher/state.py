@@ -19,17 +19,20 @@ relist path share one rule for "is this worth a message?":
 
 The index is updated only with :meth:`PublishedIndex.record` after the bus accepted a message, so
 a failed publish leaves the index describing the bus and the next relist retries exactly the gap.
+
+Keys, fingerprints, observations and actions are immutable named tuples rather than frozen
+dataclasses: a relist makes four or five of them per object and hashes keys several times, and a
+frozen dataclass pays ``object.__setattr__`` per field and a Python-level ``__hash__``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class ObjectKey:
+class ObjectKey(NamedTuple):
     kind: str
     namespace: str | None
     name: str
@@ -39,15 +42,13 @@ class ObjectKey:
         return f"{self.kind} {where}{self.name}"
 
 
-@dataclass(frozen=True, slots=True)
-class Fingerprint:
+class Fingerprint(NamedTuple):
     uid: str
     resource_version: str
     digest: str
 
 
-@dataclass(frozen=True, slots=True)
-class Valid:
+class Valid(NamedTuple):
     """An object that passed contract validation; ``payload`` is what an UPSERT publishes,
     ``data`` its serialised form when the normaliser made it (else the sink serialises)."""
 
@@ -57,8 +58,7 @@ class Valid:
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class Invalid:
+class Invalid(NamedTuple):
     """An object the contract rejected: which field, and why."""
 
     key: ObjectKey
@@ -71,16 +71,14 @@ class Invalid:
 Observation = Valid | Invalid
 
 
-@dataclass(frozen=True, slots=True)
-class Upsert:
+class Upsert(NamedTuple):
     key: ObjectKey
     fingerprint: Fingerprint
     payload: Any
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class Delete:
+class Delete(NamedTuple):
     """Publish a tombstone; ``final`` is the deleted object's observation when the API sent one."""
 
     key: ObjectKey
@@ -88,8 +86,7 @@ class Delete:
     final: Observation | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Report:
+class Report(NamedTuple):
     invalid: Invalid
 
 
