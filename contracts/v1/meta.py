@@ -73,7 +73,7 @@ def canonical_ip(value: Any) -> str | None:
 
 
 def _canonical_ip(value: Any) -> str:
-    ip = canonical_ip(value)
+    ip = _parse_ip(value) if type(value) is str else canonical_ip(value)
     if ip is None:
         raise ValueError(f"{_short(value)} is not a valid IP address")
     return ip
@@ -180,11 +180,17 @@ def _check_labels(value: Any) -> dict[str, str]:
         raise ValueError(f"{len(value)} labels exceed the limit of {MAX_LABELS} labels per object")
     size = 0
     for key, val in value.items():
-        try:
-            check_label_key(key)
-            check_label_value(val)
-        except ValueError as exc:
-            raise FieldIssue(str(exc), str(key)) from None
+        if not (  # the common case inline: two strings, both known good (cached)
+            type(key) is str
+            and type(val) is str
+            and _label_key_problem(key) is None
+            and _label_value_problem(val) is None
+        ):
+            try:
+                check_label_key(key)
+                check_label_value(val)
+            except ValueError as exc:
+                raise FieldIssue(str(exc), str(key)) from None
         size += len(key) + len(val)
     if size > MAX_LABELS_BYTES:
         raise ValueError(

@@ -71,8 +71,8 @@ class Service(Model):
             )
         if self.type == "ExternalName" and self.external_name is None:
             raise FieldIssue("an ExternalName service needs externalName", "external_name")
-        families = {":" in ip for ip in self.cluster_ips}
-        if len(self.cluster_ips) == 2 and len(families) != 2:
+        ips = self.cluster_ips
+        if len(ips) == 2 and (":" in ips[0]) == (":" in ips[1]):
             raise FieldIssue("two cluster IPs must be one IPv4 and one IPv6", "cluster_ips")
         seen: set[tuple[int, str]] = set()
         for i, port in enumerate(self.ports):

@@ -100,6 +100,9 @@ def outgoing(
     action: Action, producer: str, observed_at: datetime
 ) -> tuple[str, BaseModel | bytes, str]:
     """(subject, message or its ready JSON, msg id) of one action."""
+    if type(action) is Upsert:  # the bulk of a relist, without the pattern match's lookups
+        event = action.payload
+        return event.subject(), action.data or event, event.msg_id()
     match action:
         case Upsert(payload=event, data=data):
             return event.subject(), data or event, event.msg_id()

@@ -143,3 +143,23 @@ def test_to_event_requires_metadata() -> None:
     with pytest.raises(ContractError) as err:
         to_event("service", Op.UPSERT, raw, "w", NOW)
     assert err.value.field == "metadata.uid"
+
+
+@pytest.mark.parametrize(
+    ("ips", "ok"),
+    [
+        (["10.96.0.1", "fd00::1"], True),
+        (["fd00::1", "10.96.0.1"], True),
+        (["10.96.0.1", "10.96.0.2"], False),
+        (["fd00::1", "fd00::2"], False),
+    ],
+)
+def test_two_cluster_ips_are_one_of_each_family(ips: list[str], ok: bool) -> None:
+    raw = {"metadata": {"name": "dual"}, "spec": {"clusterIPs": ips}}
+    if ok:
+        assert from_k8s("service", raw).cluster_ips == ips  # type: ignore[union-attr]
+        return
+    with pytest.raises(ContractError) as err:
+        from_k8s("service", raw)
+    assert err.value.field == "spec.clusterIPs"
+    assert "one IPv4 and one IPv6" in err.value.message
