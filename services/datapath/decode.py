@@ -13,26 +13,26 @@ contract accepts (strict types, every field present, IPv4 only, no ExternalName,
 ports only). Anything it does not accept, valid or not, goes through ``K8sEvent`` validation:
 valid input yields the same :class:`Change` either way (tests prove it on the watcher's shapes),
 invalid input raises the contract's ``ValidationError`` naming the field.
+
+Every check that can be a schema constraint is one, so the Python left per message is building
+the views: each kind has its own envelope (the discriminator picks it, so a Service's name is a
+DNS label and its object a Service by construction), timestamps must carry a zone
+(``AwareDatetime``), and label maps are checked by patterns on keys and values. The label
+patterns accept a subset of the contract's rule: keys of at most ``_LABEL_KEY_MAX`` characters,
+which with at most ``MAX_LABELS`` labels also keeps every map within ``MAX_LABELS_BYTES``, so no
+byte count is needed; a longer (valid or not) key takes the contract path.
 """
 
 from __future__ import annotations
 
 import sys
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from contracts.v1 import K8sEvent, Op
-from contracts.v1.meta import (
-    IPV4_CANONICAL,
-    MAX_LABELS,
-    MAX_LABELS_BYTES,
-    check_dns_label,
-    check_label_key,
-    check_label_value,
-)
+from contracts.v1.meta import IPV4_CANONICAL, MAX_LABELS, MAX_LABELS_BYTES
 from services.datapath.model import Change, EndpointView, PortView, ServiceView, SliceView
 
 _STRICT = ConfigDict(strict=True, extra="forbid")
@@ -45,6 +45,18 @@ _SUBDOMAIN = Annotated[
     ),
 ]
 _PORT = Annotated[int, Field(ge=1, le=65535)]
+# Label keys: an optional DNS-1123 subdomain prefix and "/", then a name of at most 63 name
+# characters (contracts.v1.meta.check_label_key), within _LABEL_KEY_MAX characters in all
+_LABEL_VALUE_MAX = 63
+_LABEL_KEY_MAX = MAX_LABELS_BYTES // MAX_LABELS - _LABEL_VALUE_MAX
+assert _LABEL_KEY_MAX > 0 and MAX_LABELS * (_LABEL_KEY_MAX + _LABEL_VALUE_MAX) <= MAX_LABELS_BYTES
+_DNS = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = Annotated[
+    str, Field(max_length=_LABEL_KEY_MAX, pattern=rf"^(?:{_DNS}(?:\.{_DNS})*/)?{_NAME}$")
+]
+_LABEL_VALUE = Annotated[str, Field(max_length=_LABEL_VALUE_MAX, pattern=rf"^(?:{_NAME})?$")]
+_LABELS = Annotated[dict[_LABEL_KEY, _LABEL_VALUE], Field(max_length=MAX_LABELS)]
 _NONEMPTY = Annotated[str, Field(min_length=1)]
 _PROTOCOL = Literal["TCP", "UDP", "SCTP"]
 _POLICY = Literal["Cluster", "Local"]
@@ -70,14 +82,14 @@ class _Service(TypedDict):
     load_balancer_ips: list[_IPV4]
     external_name: None
     ports: list[_ServicePort]
-    selector: dict[str, str]
+    selector: _LABELS
     session_affinity: Literal["None", "ClientIP"]
     session_affinity_timeout_seconds: Annotated[int, Field(ge=1, le=86400)]
     external_traffic_policy: _POLICY
     internal_traffic_policy: _POLICY
     publish_not_ready_addresses: bool
     traffic_distribution: Literal["PreferClose", "PreferSameZone", "PreferSameNode"] | None
-    labels: dict[str, str]
+    labels: _LABELS
 
 
 class _Conditions(TypedDict):
@@ -126,23 +138,38 @@ class _Slice(TypedDict):
     service_name: _LABEL | None
     endpoints: Annotated[list[_Endpoint], Field(max_length=1000)]
     ports: Annotated[list[_EndpointPort], Field(max_length=100)]
-    labels: dict[str, str]
+    labels: _LABELS
 
 
-class _Event(TypedDict):
+class _ServiceEvent(TypedDict):
     __pydantic_config__ = _STRICT  # type: ignore[misc]
     api_version: Literal["weir.v1"]
-    kind: Literal["service", "endpointslice"]
+    kind: Literal["service"]
     op: Literal["UPSERT", "DELETE"]
     namespace: _LABEL
-    name: _SUBDOMAIN  # services: a DNS label, checked below
+    name: _LABEL  # a Service's name is a DNS-1123 label
     uid: _NONEMPTY
     resource_version: _NONEMPTY
-    observed_at: datetime
+    observed_at: AwareDatetime
     producer: _NONEMPTY
-    object: Annotated[_Service | _Slice, Field(discriminator="kind")] | None
+    object: _Service | None
 
 
+class _SliceEvent(TypedDict):
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    api_version: Literal["weir.v1"]
+    kind: Literal["endpointslice"]
+    op: Literal["UPSERT", "DELETE"]
+    namespace: _LABEL
+    name: _SUBDOMAIN
+    uid: _NONEMPTY
+    resource_version: _NONEMPTY
+    observed_at: AwareDatetime
+    producer: _NONEMPTY
+    object: _Slice | None
+
+
+_Event = Annotated[_ServiceEvent | _SliceEvent, Field(discriminator="kind")]
 _FAST = TypeAdapter(_Event)
 _OPS = {"UPSERT": Op.UPSERT, "DELETE": Op.DELETE}
 
@@ -162,54 +189,55 @@ def decode_fast(data: bytes) -> Change | None:
         ev = _FAST.validate_json(data)
     except ValidationError:
         return None
-    at = ev["observed_at"]
-    if at.tzinfo is None or at.utcoffset() is None:
-        return None
-    kind, name, obj = ev["kind"], ev["name"], ev["object"]
-    if kind == "service" and not _valid(check_dns_label, name):
-        return None
-    op = _OPS[ev["op"]]
-    if obj is None:
-        if op is Op.UPSERT:
-            return None
-        return Change(kind, op, ev["namespace"], name, at.timestamp(), None)
-    if obj["kind"] != kind or not _labels_ok(obj["labels"]):
-        return None
-    if obj["kind"] == "service":
-        view = _service(obj)
-        if view is None:
-            return None
-        return Change(kind, op, ev["namespace"], name, at.timestamp(), view)
-    return Change(kind, op, ev["namespace"], name, at.timestamp(), _slice(obj), obj["service_name"])
+    op, at = _OPS[ev["op"]], ev["observed_at"].timestamp()
+    key = (ev["kind"], op, ev["namespace"], ev["name"], at)
+    if ev["kind"] == "service":
+        svc = ev["object"]
+        if svc is None:
+            return None if op is Op.UPSERT else tuple.__new__(Change, (*key, None, None))
+        view = _service(svc)
+        return None if view is None else tuple.__new__(Change, (*key, view, None))
+    es = ev["object"]
+    if es is None:
+        return None if op is Op.UPSERT else tuple.__new__(Change, (*key, None, None))
+    return tuple.__new__(Change, (*key, _slice(es), es["service_name"]))
 
 
-def _service(svc: Any) -> ServiceView | None:
+def _service(svc: _Service) -> ServiceView | None:
     """The contract's cross-field rules (Service._consistent) for the fast shapes."""
-    if not _labels_ok(svc["selector"]):
-        return None
     if svc["headless"] and svc["cluster_ips"]:
         return None
     ports = svc["ports"]
-    if len({(p["port"], p["protocol"]) for p in ports}) != len(ports):
+    if len(ports) > 1 and (
+        len({(p["port"], p["protocol"]) for p in ports}) != len(ports)
+        or any(p["name"] is None for p in ports)
+    ):
         return None
-    if len(ports) > 1 and any(p["name"] is None for p in ports):
-        return None
-    return ServiceView(
-        svc["type"],
-        svc["headless"],
-        tuple(svc["cluster_ips"]),
-        tuple(svc["external_ips"]),
-        tuple(svc["load_balancer_ips"]),
-        tuple(PortView(p["name"], p["protocol"], p["port"], p["target_port"]) for p in ports),
-        svc["session_affinity"],
-        svc["session_affinity_timeout_seconds"],
-        svc["external_traffic_policy"],
-        svc["internal_traffic_policy"],
-        svc["publish_not_ready_addresses"],
+    new = tuple.__new__
+    return new(
+        ServiceView,
+        (
+            svc["type"],
+            svc["headless"],
+            tuple(svc["cluster_ips"]),
+            tuple(svc["external_ips"]),
+            tuple(svc["load_balancer_ips"]),
+            tuple(
+                [
+                    new(PortView, (p["name"], p["protocol"], p["port"], p["target_port"]))
+                    for p in ports
+                ]
+            ),
+            svc["session_affinity"],
+            svc["session_affinity_timeout_seconds"],
+            svc["external_traffic_policy"],
+            svc["internal_traffic_policy"],
+            svc["publish_not_ready_addresses"],
+        ),
     )
 
 
-def _slice(es: Any) -> SliceView:
+def _slice(es: _Slice) -> SliceView:
     # once per endpoint (100,000 at a cold sync): the named tuple's own __new__ is a Python-level
     # call, tuple.__new__ is not; node names repeat on every slice, so one interned copy each
     new, intern_ = tuple.__new__, sys.intern
@@ -230,24 +258,3 @@ def _slice(es: Any) -> SliceView:
         endpoints.append(view)
     ports = tuple((p["name"] or "", p["protocol"], p["port"]) for p in es["ports"])
     return new(SliceView, ("IPv4", ports, tuple(endpoints)))
-
-
-def _labels_ok(labels: dict[str, str]) -> bool:
-    if not labels:
-        return True
-    if len(labels) > MAX_LABELS:
-        return False
-    size = 0
-    for key, value in labels.items():
-        if not (_valid(check_label_key, key) and _valid(check_label_value, value)):
-            return False
-        size += len(key) + len(value)
-    return size <= MAX_LABELS_BYTES
-
-
-def _valid(check: Any, value: str) -> bool:
-    try:
-        check(value)
-    except ValueError:
-        return False
-    return True

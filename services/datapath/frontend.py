@@ -8,7 +8,6 @@ for; its spec is the ordered-insensitive set of backends plus the master flags.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from services.datapath.lbmap import BackendState, ServiceFlags, ServiceKey
@@ -50,10 +49,11 @@ class Backend(NamedTuple):
     state: BackendState = BackendState.ACTIVE
 
 
-@dataclass(frozen=True, slots=True)
-class FrontendSpec:
+class FrontendSpec(NamedTuple):
     """What one frontend should do. ``backends`` is sorted and unique by address; an empty
-    tuple means the frontend exists but refuses connections (NO_BACKENDS)."""
+    tuple means the frontend exists but refuses connections (NO_BACKENDS). A named tuple like
+    the map entries: the model builds one per frontend on every change of its service, and
+    compares it with the previous one to skip unchanged frontends, both in C."""
 
     backends: tuple[Backend, ...] = ()
     flags: ServiceFlags = ServiceFlags.NONE

@@ -21,6 +21,7 @@ kube-proxy (``pkg/proxy/topology.go`` CategorizeEndpoints and ``endpointslicecac
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
@@ -167,11 +168,22 @@ def select_endpoints(
 ) -> list[tuple[Candidate, BackendState]]:
     """CategorizeEndpoints for one policy: ready first, else serving+terminating; Local keeps
     only this node's endpoints and never falls back to remote ones."""
-    pool = [c for c in candidates if not local_only or c.node_name == node]
-    ready = [c for c in pool if publish_not_ready or c.ready]
+    ready, pool = _categorize(list(candidates), node, local_only, publish_not_ready)
     if ready:
         return [(c, BackendState.ACTIVE) for c in ready]
     return [(c, BackendState.TERMINATING) for c in pool if c.serving and c.terminating]
+
+
+def _categorize(
+    candidates: list[Candidate], node: str, local_only: bool, publish_not_ready: bool
+) -> tuple[list[Candidate], list[Candidate]]:
+    """(ready, pool): the endpoints to use as ACTIVE, and the pool the fallback draws from."""
+    pool = [c for c in candidates if c[5] == node] if local_only else candidates  # [5]: node
+    return (pool if publish_not_ready else [c for c in pool if c[2]]), pool  # [2]: ready
+
+
+_first = operator.itemgetter(0)
+_ACTIVE, _TERMINATING = BackendState.ACTIVE, BackendState.TERMINATING
 
 
 def _is_ipv4(ip: str) -> bool:
@@ -188,7 +200,8 @@ def port_candidates(
     want_name = sp.name or ""
     best: dict[str, tuple[int, EndpointView, int]] = {}  # ip -> (rank, endpoint, port)
     get = best.get
-    for slice_name, raw in sorted(slices, key=lambda x: x[0]):
+    slices = list(slices)
+    for slice_name, raw in sorted(slices, key=_first) if len(slices) > 1 else slices:
         es = raw if isinstance(raw, SliceView) else SliceView.of(raw)
         if es.address_type != "IPv4" or not es.endpoints:
             continue
@@ -235,6 +248,26 @@ _FLAGS = {
 }
 
 
+def _backends(
+    candidates: list[Candidate], proto: int, *, node: str, local_only: bool, publish_not_ready: bool
+) -> tuple[Backend, ...]:
+    """:func:`select_endpoints` and the Backend tuple it yields, in one pass (once per frontend
+    on every change: the common case, all ready and no Local policy, builds no extra list)."""
+    ready, pool = _categorize(candidates, node, local_only, publish_not_ready)
+    new = tuple.__new__  # the named tuples' __new__ is Python-level
+    if ready:  # candidates come sorted by IP and unique by IP: already in Backend order
+        return tuple(
+            [new(Backend, (new(BackendAddr, (c[0], c[1], proto)), _ACTIVE)) for c in ready]
+        )
+    return tuple(
+        [
+            new(Backend, (new(BackendAddr, (c[0], c[1], proto)), _TERMINATING))
+            for c in pool
+            if c[3] and c[4]  # serving and terminating
+        ]
+    )
+
+
 def service_frontends(
     ref: ServiceRef,
     svc: Service | ServiceView,
@@ -247,20 +280,25 @@ def service_frontends(
         return {}, []
     slices = list(slices)
     errors: list[str] = []
-    internal = [ip for ip in svc.cluster_ips if _is_ipv4(ip)]
-    external = [
-        ip
-        for ip in dict.fromkeys([*svc.external_ips, *svc.load_balancer_ips])
-        if _is_ipv4(ip) and ip not in internal
-    ]
+    internal = [ip for ip in svc.cluster_ips if ":" not in ip]  # IPv4 only
+    external: list[str] = []
+    if svc.external_ips or svc.load_balancer_ips:
+        external = [
+            ip
+            for ip in dict.fromkeys([*svc.external_ips, *svc.load_balancer_ips])
+            if ":" not in ip and ip not in internal
+        ]
     affinity = svc.session_affinity == "ClientIP"
     timeout = svc.session_affinity_timeout_seconds if affinity else 0
+    pnr = svc.publish_not_ready_addresses
+    owner = f"{ref[0]}/{ref[1]}"
     out: dict[Frontend, FrontendSpec] = {}
-    new = tuple.__new__  # once per backend below: the named tuples' __new__ is Python-level
+    new = tuple.__new__  # the named tuples' __new__ is Python-level
     for sp in svc.ports:
         proto = PROTO_NUMBERS[sp.protocol]
         candidates, errs = port_candidates(ref, sp, slices)
-        errors.extend(errs)
+        if errs:
+            errors.extend(errs)
         for vips, policy in (
             (internal, svc.internal_traffic_policy),
             (external, svc.external_traffic_policy),
@@ -268,25 +306,11 @@ def service_frontends(
             if not vips:
                 continue
             local = policy == "Local"
-            chosen = select_endpoints(
-                candidates,
-                node=node,
-                local_only=local,
-                publish_not_ready=svc.publish_not_ready_addresses,
+            backends = _backends(
+                candidates, proto, node=node, local_only=local, publish_not_ready=pnr
             )
-            # candidates come sorted by IP and unique by IP: already in Backend order
-            backends = tuple(
-                [
-                    new(Backend, (new(BackendAddr, (c[0], c[1], proto)), state))
-                    for c, state in chosen
-                ]
-            )
-            spec = FrontendSpec(
-                backends=backends,
-                flags=_FLAGS[affinity, local],
-                affinity_timeout=timeout,
-                service=f"{ref[0]}/{ref[1]}",
-                port_name=sp.name or "",
+            spec = new(
+                FrontendSpec, (backends, _FLAGS[affinity, local], timeout, owner, sp.name or "")
             )
             for vip in vips:
                 out[new(Frontend, (vip, sp.port, proto))] = spec
@@ -361,30 +385,51 @@ class DesiredState:
             self._dirty.add(owner)
 
     def slices_of(self, ref: ServiceRef) -> list[tuple[str, EndpointSlice | SliceView]]:
-        names = self._slices_of.get(ref, set())
-        return [(n, self.slices[(ref[0], n)]) for n in sorted(names)]
+        names = self._slices_of.get(ref)
+        if not names:
+            return []
+        ns, slices = ref[0], self.slices
+        if len(names) == 1:
+            (name,) = names
+            return [(name, slices[(ns, name)])]
+        return [(n, slices[(ns, n)]) for n in sorted(names)]
 
     def flush(self) -> set[Frontend]:
         """Recompute the services touched since the last flush; return the frontends whose
-        desired spec may have changed (appeared, changed or vanished)."""
+        desired spec changed (appeared, changed or vanished). A frontend whose service was
+        touched but whose spec came out equal is not returned: nothing to write for it."""
         changed: set[Frontend] = set()
         dirty, self._dirty = self._dirty, set()
-        for ref in sorted(dirty):
-            svc = self.services.get(ref)
+        services, owned, claims, errors = self.services, self._owned, self._claims, self.errors
+        for ref in dirty:  # order-free: _resolve picks the winner of a frontend by min(claims)
+            svc = services.get(ref)
             new: dict[Frontend, FrontendSpec] = {}
-            self.errors.pop(ref, None)
+            errors.pop(ref, None)
             if svc is not None:
-                new, errors = service_frontends(ref, svc, self.slices_of(ref), self.node)
-                if errors:
-                    self.errors[ref] = errors
-            old = self._owned.pop(ref, {})
+                new, errs = service_frontends(ref, svc, self.slices_of(ref), self.node)
+                if errs:
+                    errors[ref] = errs
+            old = owned.pop(ref, None)
             if new:
-                self._owned[ref] = new
-            for fe in old.keys() - new.keys():
-                self._claims[fe].discard(ref)
+                owned[ref] = new
+            if old:
+                for fe, spec in old.items():
+                    now = new.get(fe)
+                    if now is None:  # vanished from this service
+                        claims[fe].discard(ref)
+                        changed.add(fe)
+                    elif now == spec:
+                        new[fe] = spec  # unchanged: keep the object the model already holds
+                    else:
+                        changed.add(fe)
             for fe in new:
-                self._claims.setdefault(fe, set()).add(ref)
-            changed.update(old.keys() | new.keys())
+                if old is None or fe not in old:  # appeared in this service
+                    claim = claims.get(fe)
+                    if claim is None:
+                        claims[fe] = {ref}
+                    else:
+                        claim.add(ref)
+                    changed.add(fe)
         for fe in changed:
             self._resolve(fe)
         return changed

@@ -15,10 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from contracts.v1 import EndpointSlice, K8sEvent, Op, to_event
-from services.datapath.decode import decode, decode_fast
+from contracts.v1.meta import MAX_LABELS, check_label_key, check_label_value
+from services.datapath.decode import _LABEL_KEY_MAX, decode, decode_fast
 from services.datapath.model import Change, DesiredState, SliceView
 from services.datapath.policy_sync import PolicyInputs, SliceDirectory, SliceIndex
 
@@ -257,3 +260,57 @@ def test_slice_directory_names_services_like_the_policy_index() -> None:
     assert directory.service_of("10.0.0.2", 8080, "TCP") == ("shop", "web")
     directory.absorb(decode(FAST["endpointslice delete"]))
     assert len(directory) == 0 and directory.service_of("10.0.0.2", 8080, "TCP") is None
+
+
+# Label keys and values built from the characters the rules care about, so that both valid and
+# invalid ones are common: the fast schema must accept exactly what the contract accepts for
+# keys up to its length limit, and send every longer key (valid or not) to the contract path.
+_KEY_CHARS = st.sampled_from([*"ab9Z-_./", "é"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    key=st.text(_KEY_CHARS, min_size=0, max_size=80),
+    value=st.text(_KEY_CHARS, min_size=0, max_size=70),
+)
+def test_fast_label_rule_equals_the_contract(key: str, value: str) -> None:
+    try:
+        check_label_key(key)
+        check_label_value(value)
+        valid = True
+    except ValueError:
+        valid = False
+    data = mutate(SVC, ("object", "labels"), {key: value})
+    fast = decode_fast(data)
+    if len(key) <= _LABEL_KEY_MAX:
+        assert (fast is not None) == valid
+    else:
+        assert fast is None
+    if valid:
+        assert decode(data) == contract(data)
+    else:
+        with pytest.raises(ValidationError) as info:
+            decode(data)
+        assert any("labels" in str(e["loc"]) for e in info.value.errors())
+
+
+@pytest.mark.parametrize(
+    ("labels", "fast"),
+    [
+        ({f"k{i}": "v" for i in range(MAX_LABELS)}, True),
+        ({f"example.com/{'k' * 50}{i:02}": "v" * 63 for i in range(MAX_LABELS)}, True),
+        ({f"{'p' * 200}/k": "v"}, False),  # valid, but longer than the fast limit
+    ],
+)
+def test_label_maps_at_the_limits(labels: dict[str, str], fast: bool) -> None:
+    data = mutate(SLICE, ("object", "labels"), labels)
+    assert (decode_fast(data) is not None) is fast
+    assert decode(data) == contract(data)
+
+
+def test_too_many_labels_are_rejected_naming_the_field() -> None:
+    data = mutate(SLICE, ("object", "labels"), {f"k{i}": "v" for i in range(MAX_LABELS + 1)})
+    assert decode_fast(data) is None
+    with pytest.raises(ValidationError) as info:
+        decode(data)
+    assert any("labels" in str(e["loc"]) for e in info.value.errors())

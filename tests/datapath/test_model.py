@@ -10,11 +10,19 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contracts.v1 import EndpointSlice, Service, from_k8s
-from services.datapath.frontend import Frontend
+from services.datapath.frontend import Backend, BackendAddr, Frontend
 from services.datapath.lbmap import PROTO_TCP, PROTO_UDP, BackendState, ServiceFlags
-from services.datapath.model import Candidate, DesiredState, select_endpoints, service_frontends
+from services.datapath.model import (
+    Candidate,
+    DesiredState,
+    _backends,
+    select_endpoints,
+    service_frontends,
+)
 
 NODE = "node-a"
 A = BackendState.ACTIVE
@@ -262,3 +270,54 @@ def test_contested_frontends_follow_churn_like_a_model_built_from_scratch() -> N
         seen_contested |= bool(fresh.problems())
         seen_clear |= len(ds.services) > 0 and not fresh.problems()
     assert seen_contested and seen_clear  # both states were exercised
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            Candidate,
+            ip=st.sampled_from([f"10.1.0.{i}" for i in range(6)]),
+            port=st.just(8080),
+            ready=st.booleans(),
+            serving=st.booleans(),
+            terminating=st.booleans(),
+            node_name=st.sampled_from([NODE, "node-b", None]),
+        ),
+        max_size=6,
+        unique_by=lambda c: c.ip,
+    ),
+    st.booleans(),
+    st.booleans(),
+)
+def test_frontend_backends_are_the_selected_endpoints(
+    cands: list[Candidate], local: bool, pnr: bool
+) -> None:
+    """service_frontends builds its backends in one pass (_backends): the same as
+    select_endpoints, the table-tested rule."""
+    cands.sort()
+    chosen = select_endpoints(cands, node=NODE, local_only=local, publish_not_ready=pnr)
+    want = tuple(Backend(BackendAddr(c.ip, c.port, PROTO_TCP), state) for c, state in chosen)
+    got = _backends(cands, PROTO_TCP, node=NODE, local_only=local, publish_not_ready=pnr)
+    assert got == want
+
+
+def test_flush_skips_frontends_whose_spec_did_not_change() -> None:
+    """A touched service whose frontends come out the same (a slice republished with a new
+    resourceVersion, a label change) reports nothing to write; a real change still does."""
+    ds = DesiredState(NODE)
+    ds.upsert_service("default", "web", svc())
+    name, es = eps("web-1", [endpoint("10.1.0.1")])
+    ds.upsert_slice("default", name, es)
+    assert {str(f) for f in ds.flush()} == {"10.96.0.10:80/TCP"}
+    before = dict(ds.frontends)
+    ds.upsert_slice("default", name, es)  # same endpoints again
+    ds.upsert_service("default", "web", svc())
+    assert ds.flush() == set()
+    assert ds.frontends == before
+    assert ds.counts() == {"services": 1, "frontends": 1, "backends": 1}
+    ds.upsert_slice("default", name, eps("web-1", [endpoint("10.1.0.2")])[1])
+    assert {str(f) for f in ds.flush()} == {"10.96.0.10:80/TCP"}
+    (spec,) = ds.frontends.values()
+    assert [b.addr.ip for b in spec.backends] == ["10.1.0.2"]
+    assert ds.counts() == {"services": 1, "frontends": 1, "backends": 1}
