@@ -215,8 +215,10 @@ class QuickOut(Out):
         self.data = {}
 
     def put(self, key: str, value: Any, path: str) -> None:
-        if value is not None:
+        if type(value) is list or type(value) is QuickOut:
             self._store(key, value)
+        elif value is not None:  # a scalar or a raw mapping: stored as it is
+            self.data[key] = value
 
     def take(self, key: str, src: Src, raw_key: str) -> None:
         value = src.data.get(raw_key)
