@@ -104,8 +104,10 @@ def plan(
     # the loop below runs once per backend of every target (100,000 at a cold sync): locals, and
     # entries built with tuple.__new__ (in C) instead of the named tuples' Python-level __new__
     slot_writes, trims = s["slots"].services, s["trim"].del_services
+    master_writes, revnat_writes = s["masters"].services, s["revnat"].revnat
     realised_slots, delta, allocate = realised.slots, ref_delta.get, backend_ids.allocate_many
     want_get, masters_get, revnat_get = want_backends.get, realised.masters.get, realised.revnat.get
+    desired_get, revnat_id = desired.get, revnat_ids.get
     new = tuple.__new__
     no_slots: dict[int, ServiceValue] = {}
     none, no_backends = ServiceFlags.NONE, ServiceFlags.NO_BACKENDS
@@ -113,16 +115,19 @@ def plan(
         for fe in sorted(set(targets)):
             old_slots = realised_slots.get(fe, no_slots)
             for old in old_slots.values():
-                ref_delta[old.backend_id] = delta(old.backend_id, 0) - 1
-            spec = desired.get(fe)
+                bid = old[0]  # backend_id
+                ref_delta[bid] = delta(bid, 0) - 1
+            spec = desired_get(fe)
             if spec is None:
                 present = fe in realised.masters or fe in realised_slots
-                if present or revnat_ids.get(fe) is not None:
+                if present or revnat_id(fe) is not None:
                     _plan_delete(fe, realised, revnat_ids, s)
                 continue
-            rid = revnat_ids.allocate(fe)
-            backends = spec.backends
-            ids = allocate([a for a, _ in backends])  # unique: backends are unique by address
+            rid = revnat_id(fe)
+            if rid is None:
+                rid = revnat_ids.allocate(fe)
+            backends = spec[0]  # backends
+            ids = allocate([b[0] for b in backends])  # unique: backends are unique by address
             for bid, (addr, state) in zip(ids, backends, strict=True):
                 prev = want_get(bid)
                 if prev is None or state < prev[3]:  # [3]: state
@@ -137,13 +142,13 @@ def plan(
                     slot_writes[new(ServiceKey, (vip, port, proto, count))] = want
             rn = new(RevNatValue, (vip, port))
             if revnat_get(rid) != rn:
-                s["revnat"].revnat[rid] = rn
-            flags = spec.flags
+                revnat_writes[rid] = rn
+            flags = spec[1]  # flags
             if not count or type(flags) is not ServiceFlags:
                 flags = ServiceFlags(flags | (ServiceFlags.NONE if count else no_backends))
-            master = new(ServiceValue, (0, count, rid, flags, spec.affinity_timeout))
+            master = new(ServiceValue, (0, count, rid, flags, spec[2]))  # [2]: affinity timeout
             if masters_get(fe) != master:
-                s["masters"].services[new(ServiceKey, (vip, port, proto, 0))] = master
+                master_writes[new(ServiceKey, (vip, port, proto, 0))] = master
             if old_slots and max(old_slots) > count:  # slots beyond the new count
                 stale = [n for n in sorted(old_slots) if n > count]
                 trims.extend(ServiceKey(vip, port, proto, n) for n in stale)
