@@ -13,12 +13,12 @@ closed, also when the process is killed, so a crashed benchmark can never leave 
 changed. The program measured is the one the kernel has attached to the cgroup (PROG_QUERY, then
 PROG_GET_FD_BY_ID), not a handle the harness hopes is the same.
 
-The syscall plumbing comes from services/datapath/bpfsys.py (which has no prog-info command).
+The syscall plumbing (prog query, prog fd by id, run-time statistics) lives in
+services/datapath/bpfsys.py.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,14 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from services.datapath import bpfsys
-from services.datapath.bpfsys import _attr as attr  # the shared syscall plumbing
-from services.datapath.bpfsys import _bpf as bpf
 
-PROG_GET_FD_BY_ID = 13
-ENABLE_STATS = 32
-STATS_RUN_TIME = 0  # enum bpf_stats_type
-PROG_INFO_SIZE = 232  # sizeof(struct bpf_prog_info), kernel 6.x uapi
-RUN_TIME_NS_OFFSET = 192  # offsetof(struct bpf_prog_info, run_time_ns); run_cnt follows
 ATTACH_CGROUP_INET4_CONNECT = 10
 
 
@@ -51,11 +44,7 @@ class ProgStats(NamedTuple):
 
 def prog_stats(prog_fd: int) -> ProgStats:
     """run_time_ns and run_cnt of a program (both 0 while statistics were never on)."""
-    info = ctypes.create_string_buffer(PROG_INFO_SIZE)
-    fields = ((0, "I", prog_fd), (4, "I", PROG_INFO_SIZE), (8, "Q", ctypes.addressof(info)))
-    bpf(bpfsys.OBJ_GET_INFO_BY_FD, attr(*fields))
-    run_time, run_cnt = (ctypes.c_uint64 * 2).from_buffer(info, RUN_TIME_NS_OFFSET)
-    return ProgStats(int(run_time), int(run_cnt))
+    return ProgStats(*bpfsys.prog_run_stats(prog_fd))
 
 
 def attached_prog_fd(cgroup: Path, attach_type: int = ATTACH_CGROUP_INET4_CONNECT) -> int:
@@ -68,14 +57,14 @@ def attached_prog_fd(cgroup: Path, attach_type: int = ATTACH_CGROUP_INET4_CONNEC
         os.close(cg_fd)
     if len(ids) != 1:
         raise ValueError(f"cgroup {cgroup}: attach type {attach_type} has programs {ids}, not one")
-    return bpf(PROG_GET_FD_BY_ID, attr((0, "I", ids[0])))
+    return bpfsys.prog_get_fd_by_id(ids[0])
 
 
 @contextmanager
 def stats_enabled() -> Iterator[None]:
     """BPF run-time statistics on for the duration of the block (off again when the last holder
     closes its fd, or dies)."""
-    fd = bpf(ENABLE_STATS, attr((0, "I", STATS_RUN_TIME)))
+    fd = bpfsys.enable_run_time_stats()
     try:
         yield
     finally:

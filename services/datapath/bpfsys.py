@@ -34,6 +34,11 @@ MAP_DELETE_BATCH = 27
 LINK_CREATE = 28
 LINK_UPDATE = 29
 LINK_DETACH = 34
+PROG_GET_FD_BY_ID = 13
+ENABLE_STATS = 32
+_STATS_RUN_TIME = 0  # enum bpf_stats_type
+_PROG_INFO_SIZE = 232  # sizeof(struct bpf_prog_info), kernel 6.x uapi
+_RUN_TIME_NS_OFFSET = 192  # offsetof(struct bpf_prog_info, run_time_ns); run_cnt follows
 
 # enum bpf_map_type (the ones Weir uses)
 MAP_TYPE_HASH = 1
@@ -165,6 +170,28 @@ def prog_query(target_fd: int, attach_type: int, max_progs: int = 64) -> list[in
     _bpf(PROG_QUERY, attr)
     count = ctypes.c_uint32.from_buffer(attr, 24).value
     return list(ids[:count])
+
+
+def prog_get_fd_by_id(prog_id: int) -> int:
+    """A new fd on the loaded program with this id (e.g. one ``prog_query`` returned)."""
+    return _bpf(PROG_GET_FD_BY_ID, _attr((0, "I", prog_id)))
+
+
+def prog_run_stats(prog_fd: int) -> tuple[int, int]:
+    """The program's ``run_time_ns`` and ``run_cnt`` (both stay 0 while statistics are off)."""
+    info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+    _bpf(
+        OBJ_GET_INFO_BY_FD,
+        _attr((0, "I", prog_fd), (4, "I", _PROG_INFO_SIZE), (8, "Q", _addr(info))),
+    )
+    run_time_ns, run_cnt = (ctypes.c_uint64 * 2).from_buffer(info, _RUN_TIME_NS_OFFSET)
+    return int(run_time_ns), int(run_cnt)
+
+
+def enable_run_time_stats() -> int:
+    """Switch BPF run-time statistics on; they stay on while the returned fd is open (the kernel
+    turns them off when the last such fd closes, also when its process dies)."""
+    return _bpf(ENABLE_STATS, _attr((0, "I", _STATS_RUN_TIME)))
 
 
 def map_update(fd: int, key: ctypes._CData, value: ctypes._CData) -> None:
