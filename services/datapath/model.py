@@ -364,11 +364,17 @@ class DesiredState:
         self, namespace: str, name: str, es: EndpointSlice | SliceView, owner: str | None = None
     ) -> None:
         """``owner``: the service name, when ``es`` is already a view (which does not keep it)."""
-        self.delete_slice(namespace, name)
         if isinstance(es, EndpointSlice):
             owner = es.service_name
             es = SliceView.of(es)
-        self.slices[(namespace, name)] = es
+        key = (namespace, name)
+        was = self._slice_owner.get(key)
+        if was is not None and owner is not None and was[1] == owner:
+            self.slices[key] = es  # the same service's slice again (most changes): no re-index
+            self._dirty.add(was)
+            return
+        self.delete_slice(namespace, name)
+        self.slices[key] = es
         if owner:
             self._slice_owner[(namespace, name)] = (namespace, owner)
             self._slices_of.setdefault((namespace, owner), set()).add(name)

@@ -321,3 +321,25 @@ def test_flush_skips_frontends_whose_spec_did_not_change() -> None:
     (spec,) = ds.frontends.values()
     assert [b.addr.ip for b in spec.backends] == ["10.1.0.2"]
     assert ds.counts() == {"services": 1, "frontends": 1, "backends": 1}
+
+
+def test_a_slice_that_changes_service_moves_its_backends() -> None:
+    """Re-upserting a slice for the same service only replaces it; one that now names another
+    service leaves the first (which loses the backends) and joins the second."""
+    ds = DesiredState(NODE)
+    ds.upsert_service("default", "web", svc())
+    ds.upsert_service("default", "api", svc(clusterIP="10.96.0.11"))
+    name, es = eps("s-1", [endpoint("10.1.0.1")])
+    ds.upsert_slice("default", name, es)
+    ds.flush()
+    ds.upsert_slice("default", name, eps("s-1", [endpoint("10.1.0.2")])[1])
+    assert {str(f) for f in ds.flush()} == {"10.96.0.10:80/TCP"}
+    assert ds.slices_of(("default", "web")) and not ds.slices_of(("default", "api"))
+    ds.upsert_slice("default", name, eps("s-1", [endpoint("10.1.0.2")], service="api")[1])
+    assert {str(f) for f in ds.flush()} == {"10.96.0.10:80/TCP", "10.96.0.11:80/TCP"}
+    backends = {str(fe): [b.addr.ip for b in s.backends] for fe, s in ds.frontends.items()}
+    assert backends == {"10.96.0.10:80/TCP": [], "10.96.0.11:80/TCP": ["10.1.0.2"]}
+    assert not ds.slices_of(("default", "web"))
+    ds.delete_slice("default", name)
+    assert {str(f) for f in ds.flush()} == {"10.96.0.11:80/TCP"}
+    assert ds.counts() == {"services": 2, "frontends": 2, "backends": 0}
