@@ -16,6 +16,7 @@ bootstrap's full apply precedes the first read).
 from __future__ import annotations
 
 from collections.abc import Collection
+from itertools import repeat
 
 from services.datapath.frontend import Frontend
 from services.datapath.realised import Realised
@@ -38,8 +39,8 @@ class ServiceEntries:
     @staticmethod
     def before(realised: Realised, touched: Collection[Frontend]) -> int:
         """Slots ``touched`` hold now; pass the result to :meth:`after` once applied."""
-        slots = realised.slots
-        return sum(len(slots.get(fe, ())) for fe in touched)
+        # C-level iteration (map) instead of a generator: runs twice per batch over every target
+        return sum(map(len, map(realised.slots.get, touched, repeat(()))))
 
     def after(
         self, realised: Realised, touched: Collection[Frontend], before: int, *, ok: bool

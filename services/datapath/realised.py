@@ -45,12 +45,12 @@ class Realised:
 
     def update_services(self, items: Mapping[ServiceKey, ServiceValue]) -> None:
         masters, all_slots, refs = self.masters, self.slots, self.refs
-        new, refs_get = tuple.__new__, refs.get
+        new, refs_get, unref = tuple.__new__, refs.get, self._unref
         fe, slots = None, None  # a frontend's slots come together: one Frontend for them all
         for key, value in items.items():
-            slot = key[3]
-            if fe is None or key[:3] != fe:
-                fe = new(Frontend, key[:3])
+            vip, port, proto, slot = key
+            if fe is None or vip != fe[0] or port != fe[1] or proto != fe[2]:
+                fe = new(Frontend, (vip, port, proto))
                 slots = None
             if slot == 0:
                 masters[fe] = value
@@ -61,7 +61,7 @@ class Realised:
                     slots = all_slots[fe] = {}
             old = slots.get(slot)
             if old is not None:
-                self._unref(old.backend_id)
+                unref(old[0])  # backend_id
             slots[slot] = value
             bid = value[0]  # backend_id
             refs[bid] = refs_get(bid, 0) + 1
@@ -80,9 +80,12 @@ class Realised:
                 del self.slots[fe]
 
     def _unref(self, backend_id: int) -> None:
-        self.refs[backend_id] -= 1
-        if self.refs[backend_id] <= 0:
-            del self.refs[backend_id]
+        refs = self.refs  # a Counter: dict's own get/pop (Counter.__delitem__ is Python-level)
+        left = refs.get(backend_id, 0) - 1
+        if left > 0:
+            refs[backend_id] = left
+        else:
+            refs.pop(backend_id, None)
 
     def slot_backends(self, fe: Frontend) -> dict[int, int]:
         """slot -> backend id for one frontend (all slots present, even beyond the count)."""

@@ -363,11 +363,13 @@ class Reconciler:
             r.delete_services(step.del_services)
         if step.del_revnat:
             m.delete_revnat(step.del_revnat)
+            revnat, release = r.revnat, self.revnat_ids.release_id
             for rid in step.del_revnat:
-                r.revnat.pop(rid, None)
-                self.revnat_ids.release_id(rid)
+                revnat.pop(rid, None)
+                release(rid)
         if step.del_backends:
             m.delete_backends(step.del_backends)
+            backends, release = r.backends, self.backend_ids.release_id
             for bid in step.del_backends:
-                r.backends.pop(bid, None)
-                self.backend_ids.release_id(bid)
+                backends.pop(bid, None)
+                release(bid)
