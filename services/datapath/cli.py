@@ -6,6 +6,13 @@ bad values fail at start-up naming the option. The options every process shares 
 ``--metrics-listen``, ``--log-*``) come from :mod:`services.common.cliopts`. bcc, NATS and the
 worker are imported inside the command so ``weir --help`` stays fast.
 
+Start-up order, for a node's time from spawn to ready (issue 6): validate the options (the
+settings module imports no bus code), start the loader child (``mapsopen``: the bcc compile runs
+on the other core from here on), import nats-py without its websocket transport when no URL
+needs it (``services.common.natsimport``), then import the worker and run it. The cyclic GC is
+off from the first import to the end of the bootstrap (one bulk phase, ``services.common.gcphase``):
+the imports and the desired state are long-lived, and one pass at the end then freezes them.
+
 ``--service-cidr`` defaults to 10.96.0.0/12, Kubernetes' common default (kubeadm's
 ``--service-cidr``); set it to the cluster's ``--service-cluster-ip-range``. A connect to an
 address inside it that no Service owns is refused with ECONNREFUSED.
@@ -17,11 +24,13 @@ import asyncio
 import contextlib
 import os
 import signal
-from typing import Annotated
+from collections.abc import Coroutine
+from typing import Annotated, Any
 
 import typer
 
 from services.common.cliopts import DEFAULT_NATS_URL, LogFormat, LogLevel, MetricsListen, NatsUrl
+from services.common.gcphase import BULK
 from services.datapath.svcranges import DEFAULT_SERVICE_CIDRS
 
 
@@ -90,12 +99,40 @@ def datapath_command(
     ] = False,
 ) -> None:
     """Program this node's eBPF service and policy maps from the bus; publish its flows."""
+    # the imports are long-lived objects: no collections while they load, frozen after
+    with BULK.phase(collect=False):
+        started = _start(node, nats, cgroup, pin_dir, netns, policy, metrics_listen, maps,
+                         service_cidr, log_level, log_format, uninstall)  # fmt: skip
+    if started is None:
+        return
+    try:
+        asyncio.run(_serve(started))
+    except Exception as exc:  # loader/bus start-up failures: one clear line, exit 1
+        typer.echo(f"weir datapath: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _start(
+    node: str,
+    nats: str,
+    cgroup: str,
+    pin_dir: str,
+    netns: str,
+    policy: bool,
+    metrics_listen: str,
+    maps: str,
+    service_cidr: list[str] | None,
+    log_level: str,
+    log_format: str,
+    uninstall: bool,
+) -> Coroutine[Any, Any, None] | None:
+    """Validate, set up logging, start the loader child, import the worker: its coroutine
+    (None after ``--uninstall``)."""
     from pydantic import ValidationError  # noqa: PLC0415
 
     from services.common.logging import setup_logging  # noqa: PLC0415
-    from services.common.tracing import setup_tracing  # noqa: PLC0415
+    from services.datapath.settings import DatapathSettings  # noqa: PLC0415
     from services.datapath.svcranges import parse_service_cidrs  # noqa: PLC0415
-    from services.datapath.worker import DatapathSettings  # noqa: PLC0415
 
     try:
         cidrs = parse_service_cidrs(service_cidr or DEFAULT_SERVICE_CIDRS)
@@ -120,13 +157,25 @@ def datapath_command(
     setup_logging(settings.log_level, settings.log_format)
     if uninstall:
         _uninstall(settings.node_name, pin_dir, cgroup)
-        return
-    setup_tracing("weir-datapath", node=settings.node_name)  # WEIR_TRACE_FILE / OTEL_*
+        return None
+    from services.common.natsimport import import_nats  # noqa: PLC0415
+    from services.datapath.mapsopen import open_maps  # noqa: PLC0415
+
     try:
-        asyncio.run(_serve(settings))
-    except Exception as exc:  # loader/bus start-up failures: one clear line, exit 1
+        opened = open_maps(settings)  # the loader child starts compiling now
+    except Exception as exc:
         typer.echo(f"weir datapath: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(1) from None
+    try:
+        import_nats(settings.nats_url)  # before anything imports nats-py (see natsimport)
+        from services.common.tracing import setup_tracing  # noqa: PLC0415
+        from services.datapath.worker import run_datapath  # noqa: PLC0415
+
+        setup_tracing("weir-datapath", node=settings.node_name)  # WEIR_TRACE_FILE / OTEL_*
+    except BaseException:
+        opened.close()
+        raise
+    return run_datapath(settings, opened=opened)
 
 
 def _uninstall(node: str, pin_dir: str, cgroup: str) -> None:
@@ -143,11 +192,8 @@ def _uninstall(node: str, pin_dir: str, cgroup: str) -> None:
     typer.echo(f"detached from {cgroup or 'every cgroup'}; removed {len(removed)} pin directories")
 
 
-async def _serve(settings: object) -> None:
-    from services.datapath.worker import DatapathSettings, run_datapath  # noqa: PLC0415
-
-    assert isinstance(settings, DatapathSettings)
-    task = asyncio.create_task(run_datapath(settings))
+async def _serve(main: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(main)
     loop = asyncio.get_running_loop()
     owner = os.getpid()
 

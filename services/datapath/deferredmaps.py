@@ -60,6 +60,11 @@ class DeferredLBMap:
         """True once the maps are open (or opening them failed)."""
         return self._future.done()
 
+    def settled(self) -> None:
+        """Block until opening the maps has ended, however it ended (never raises): the policy
+        loop's compile waits on this, so one compile runs at a time (``mapsopen``)."""
+        self._thread.join()
+
     def wait(self, timeout: float | None = None) -> ClosableLBMap:
         """The open maps; raises what opening them raised."""
         return self._future.result(timeout)

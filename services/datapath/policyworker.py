@@ -491,9 +491,13 @@ async def run_policy(
     netns: str = "",
     on_worker: Callable[[PolicyWorker], None] = lambda _w: None,
     slices: SliceDirectory | None = None,
+    compile_after: Callable[[], None] = lambda: None,
 ) -> None:
     """Open the policy maps (load + pin bpf/policy.c, or fakes), run the loop and the flow
-    publisher until cancelled. ``on_worker`` receives the loop once it exists (status hook)."""
+    publisher until cancelled. ``on_worker`` receives the loop once it exists (status hook).
+    ``compile_after`` blocks until the LB loader child is done: on a cold node the policy
+    compile starts after it rather than beside it, so the two compiles (each about a
+    CPU-second) share one core and the worker's bootstrap keeps the other."""
     closers: list[Callable[[], None]] = []
     interfaces: Interfaces
     maps: PolicyMaps
@@ -503,10 +507,17 @@ async def run_policy(
 
         maps, interfaces = FakePolicyMaps(), StaticInterfaces()
     else:
-        from services.datapath.policyinstall import install_in_child  # noqa: PLC0415
+        from services.datapath.policyinstall import (  # noqa: PLC0415
+            AdoptedPolicyLoader,
+            install_in_child,
+        )
 
-        # compiled in a child: bcc's LLVM never enters this long-lived process
-        loader = await asyncio.to_thread(install_in_child, pin_dir)
+        def install() -> AdoptedPolicyLoader:
+            compile_after()  # one compile at a time (see above)
+            # compiled in a child: bcc's LLVM never enters this long-lived process
+            return install_in_child(pin_dir)
+
+        loader = await asyncio.to_thread(install)
         closers.append(loader.close)
         bpf_maps = loader.maps()
         closers.append(bpf_maps.close)
@@ -588,8 +599,10 @@ class PolicySidecar:
         pin_dir: Path,
         netns: str = "",
         enabled: bool = True,
+        compile_after: Callable[[], None] = lambda: None,
     ) -> None:
         self.bus, self.host, self.enabled = bus, host, enabled
+        self.compile_after = compile_after
         self.node, self.maps_kind, self.pin_dir, self.netns = node, maps_kind, pin_dir, netns
         self.worker: PolicyWorker | None = None
 
@@ -622,6 +635,7 @@ class PolicySidecar:
                 netns=self.netns,
                 on_worker=self._attach_worker,
                 slices=self.host.slices,
+                compile_after=self.compile_after,
             ),
             name=f"policy-{self.node}",
         )

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -44,7 +44,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, DeliverPolicy
 from nats.js.errors import NotFoundError
 from opentelemetry.trace import Span, StatusCode
-from pydantic import ValidationError, field_validator
+from pydantic import ValidationError
 
 from contracts.subjects import (
     PREFIX,
@@ -59,19 +59,21 @@ from contracts.v1 import MapFill, NodeStatus
 from services.common import tracing
 from services.common.bus import MSG_ID_HEADER, Bus, connect_bus, provision
 from services.common.consume import DurableSpec, ack_position, last_per_subject
+from services.common.gcphase import BULK
 from services.common.ops import OpsServer, start_ops_server
 from services.common.pullfeed import ConsumerGoneError, PullFeed
-from services.common.settings import WeirSettings
 from services.datapath import metrics as m
 from services.datapath.decode import decode
 from services.datapath.frontend import Frontend
 from services.datapath.lbmap import LBMap
 from services.datapath.loader import default_pin_dir
 from services.datapath.mapfill import ServiceEntries
+from services.datapath.mapsopen import OpenedMaps, open_maps
 from services.datapath.model import Change, DesiredState
 from services.datapath.policy_sync import SliceDirectory
 from services.datapath.policyworker import PolicySidecar
 from services.datapath.reconcile import ApplyResult, Reconciler
+from services.datapath.settings import DatapathSettings
 from services.datapath.writecount import WriteCounter
 
 log = logging.getLogger(__name__)
@@ -86,27 +88,6 @@ STEADY_GC = (50_000, 20, 100)
 INLINE_APPLY = 8  # frontends (changed + pending) an apply may write on the event loop itself
 _LB_SUBJECTS = tuple(f"{PREFIX}.k8s.{kind}." for kind in KINDS)
 _PLAIN_TOKEN = re.compile(r"[A-Za-z0-9-]+")  # names that escape_token leaves as they are
-
-
-class DatapathSettings(WeirSettings):
-    node_name: str
-    cgroup: str = ""
-    pin_dir: str = ""  # empty: the loader's default (/sys/fs/bpf/weir/<node>)
-    maps: Literal["bpf", "fake"] = "bpf"
-    netns: str = ""  # the node's netns (pods' host-side veths) for the policy loop; "": ours
-    policy: bool = True  # run the NetworkPolicy loop and publish flows (policyworker)
-    batch: int = 512
-    status_interval: float = 0.05  # at most one NodeStatus per interval (the last one wins)
-    fetch_timeout: float = 0.5
-    retry_interval: float = 1.0
-    service_cidrs: tuple[str, ...] = ("10.96.0.0/12",)  # hook (datapath correctness): loader
-
-    @field_validator("node_name")
-    @classmethod
-    def _node(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("node_name: required (the Kubernetes node this worker serves)")
-        return v.strip()
 
 
 def durable_name(node: str) -> str:
@@ -184,17 +165,13 @@ class DatapathWorker:
         started = time.perf_counter()
         # The bootstrap allocates a few million long-lived, acyclic objects: every collection
         # during it rescans them for nothing (~60-120 ms CPU of a cold sync even with rare
-        # collections), so the cyclic GC is off until it ends (a few seconds; reference counting
-        # still frees everything acyclic), and freezing the result afterwards keeps full
-        # collections from walking the whole desired state on every later change.
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        # collections), so it is a bulk GC phase (services.common.gcphase): the cyclic GC is
+        # off until it ends, and freezing the result afterwards keeps full collections from
+        # walking the whole desired state on every later change. No young-generation pass at
+        # its end: it would walk that whole state with the loop blocked (100-300 ms) just as
+        # the node turns ready, to find a one-time ~2,000 objects of cyclic garbage.
+        with BULK.phase(collect=False):
             return await self._bootstrap(js, started)
-        finally:
-            if enabled:
-                gc.enable()
-            gc.freeze()
 
     async def _bootstrap(self, js: JetStreamContext, started: float) -> int:
         count = 0
@@ -514,38 +491,6 @@ def _annotate(
             span.set_status(StatusCode.ERROR, result.errors[0].message)
 
 
-def open_maps(settings: DatapathSettings) -> tuple[LBMap, Callable[[], None], dict[str, str]]:
-    """The node's LB maps: load + attach the BPF programs (pinned, reused across restarts) or,
-    with ``maps=fake``, in-memory maps for tests without a kernel. Returns (maps, close,
-    program versions)."""
-    if settings.maps == "fake":
-        from services.datapath.fakemaps import FakeLBMap  # noqa: PLC0415
-
-        return FakeLBMap(), lambda: None, {}
-    from services.datapath import loader  # noqa: PLC0415
-    from services.datapath.bpfmaps import BpfLBMap  # noqa: PLC0415
-    from services.datapath.deferredmaps import DeferredLBMap  # noqa: PLC0415
-
-    if not settings.cgroup:
-        raise ValueError("cgroup: required with maps=bpf (the cgroup2 path to attach to)")
-    pin_dir = (
-        Path(settings.pin_dir) if settings.pin_dir else loader.default_pin_dir(settings.node_name)
-    )
-
-    def install() -> BpfLBMap:
-        started = time.perf_counter()
-        version_dir = loader.install_in_child(  # hook: unknown service-CIDR addresses -> refused
-            pin_dir, Path(settings.cgroup), service_cidrs=settings.service_cidrs
-        )
-        m.BOOTSTRAP.labels("loader").set(time.perf_counter() - started)
-        return BpfLBMap(version_dir)
-
-    # the loader child compiles while the worker reads and decodes the snapshot (two cores);
-    # the programs stay attached through their pinned links: closing only drops our fds
-    bpf_maps = DeferredLBMap(install, BpfLBMap.capacities())
-    return bpf_maps, bpf_maps.close, {"sock_lb": loader.DEFAULT_VERSION}
-
-
 def process_age() -> float:
     """Seconds since this process started (from /proc: includes interpreter start-up)."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -553,21 +498,26 @@ def process_age() -> float:
     return float(Path("/proc/uptime").read_text().split()[0]) - start
 
 
-async def run_datapath(settings: DatapathSettings, *, lbmap: LBMap | None = None) -> None:
-    """Run one node's worker until cancelled. ``lbmap`` overrides the maps (tests pass a fake
-    that outlives the worker, like pinned maps outlive a process)."""
-    close: Callable[[], None] = lambda: None  # noqa: E731
+async def run_datapath(
+    settings: DatapathSettings, *, lbmap: LBMap | None = None, opened: OpenedMaps | None = None
+) -> None:
+    """Run one node's worker until cancelled. ``opened``: the node's maps, already being opened
+    (``weir datapath`` starts the loader child before it imports this module); None: open them
+    here. ``lbmap`` overrides the maps (tests pass a fake that outlives the worker, like pinned
+    maps outlive a process) and runs the LB loop alone."""
     owned = lbmap is None  # tests passing their own maps run the LB loop alone
-    versions: dict[str, str] = {}
-    if lbmap is None:
-        lbmap, close, versions = open_maps(settings)
+    if lbmap is not None:
+        opened = OpenedMaps(lbmap)
+    elif opened is None:
+        opened = open_maps(settings)
+    if owned:
         m.BOOTSTRAP.labels("start").set(process_age())
     bus: Bus | None = None
     ops: OpsServer | None = None
     try:
         bus = await connect_bus(settings.nats_url, f"datapath-{settings.node_name}")
         await provision(bus.js)
-        worker = DatapathWorker(settings, bus, lbmap, versions)
+        worker = DatapathWorker(settings, bus, opened.lbmap, opened.program_versions)
         policy = PolicySidecar(
             bus,
             worker,
@@ -576,6 +526,7 @@ async def run_datapath(settings: DatapathSettings, *, lbmap: LBMap | None = None
             pin_dir=Path(settings.pin_dir) if settings.pin_dir else default_pin_dir(worker.node),
             netns=settings.netns,
             enabled=settings.policy and owned,
+            compile_after=opened.loaded,  # one bcc compile at a time (services.datapath.mapsopen)
         )
         ops = await start_ops_server(settings.metrics_listen, ready=policy.ready(worker.ready))
         await policy.run_with(worker.run())  # the policy loop runs beside the LB loop
@@ -584,4 +535,4 @@ async def run_datapath(settings: DatapathSettings, *, lbmap: LBMap | None = None
             await ops.close()
         if bus is not None:
             await bus.close()
-        close()
+        opened.close()

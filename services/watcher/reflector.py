@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.common.bus import reconnect_delay
+from services.common.gcphase import BULK
 from services.watcher import metrics
-from services.watcher.gcphase import BULK
 from services.watcher.kube import Gone, KubeError, KubeSource, WatchIdle
 from services.watcher.state import (
     Action,
@@ -120,7 +120,7 @@ class Reflector:
 
     async def relist(self, reason: str) -> None:
         metrics.RELISTS.labels(self.kind, reason).inc()
-        with BULK.phase():  # see services.watcher.gcphase
+        with BULK.phase():  # see services.common.gcphase
             await self._relist()
 
     async def _relist(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -63,6 +64,75 @@ async def test_ops_server_disabled_and_port_in_use() -> None:
             await start_ops_server(f"127.0.0.1:{first.port}", ready=lambda: True)
     finally:
         await first.close()
+
+
+async def _exchange(port: int, raw: bytes) -> bytes:
+    """Send ``raw`` on a fresh connection and read until the server closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+async def test_ops_server_keeps_a_connection_alive_across_polls() -> None:
+    """A poller reuses one connection (readiness polled every few ms costs no connect each)."""
+    calls: list[int] = []
+
+    def check() -> bool | str:
+        calls.append(1)
+        return True if len(calls) >= 3 else "not yet"
+
+    server = await start_ops_server("127.0.0.1:0", ready=check)
+    assert server is not None
+    try:
+        conn = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(connector=conn) as http:
+            statuses = []
+            for _ in range(3):
+                async with http.get(f"{server.url}/readyz") as r:
+                    statuses.append((r.status, await r.text()))
+            assert statuses == [(503, "not yet\n"), (503, "not yet\n"), (200, "ok\n")]
+            assert len(server._writers) == 1  # one connection served all three
+            async with http.head(f"{server.url}/healthz") as r:
+                assert r.status == 200 and r.headers["Content-Length"] == "3"
+        # closing the server also ends idle keep-alive connections
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"ok\n")
+        await server.close()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n", b"404"),
+        (b"POST /readyz HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nab", b"405"),
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"GET /readyz HTTP/1.1\r\nbad header\r\n\r\n", b"400"),
+        (b"GET /readyz HTTP/1.1\r\nContent-Length: x\r\n\r\n", b"400"),
+        (b"GET /readyz HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"501"),
+        (b"GET /readyz HTTP/1.1\r\nContent-Length: 999999\r\n\r\n", b"413"),
+        (b"GET /readyz HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", b"431"),
+        (b"GET /readyz?verbose=1 HTTP/1.0\r\n\r\n", b"200"),  # HTTP/1.0: closed after
+    ],
+)
+async def test_ops_server_answers_bad_requests_and_closes(raw: bytes, status: bytes) -> None:
+    server = await start_ops_server("127.0.0.1:0", ready=lambda: True)
+    assert server is not None
+    try:
+        answer = await _exchange(server.port, raw)  # returns only once the server closed
+        assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
+        # the server is still serving after it
+        assert (await _exchange(server.port, b"GET /healthz HTTP/1.0\r\n\r\n")).endswith(b"ok\n")
+    finally:
+        await server.close()
 
 
 def test_readiness_interpretation() -> None:

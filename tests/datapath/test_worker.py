@@ -178,7 +178,15 @@ async def test_bootstrap_live_changes_restart_and_delete_while_down(
         assert ids[(b.ip, b.port, b.proto)] == i, "a restart renumbered a backend"
     assert all(revnat[i] == v for i, v in state.revnat.items()), "rev-NAT renumbered"
     assert 7 not in state.backends  # 10.244.1.21:8000, only used by api: pruned
-    info = await bus.js.consumer_info(STREAM_K8S, durable_name(NODE))
+    # synced comes before the consumer is (re)created from the snapshot's sequence: wait for it
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            info = await bus.js.consumer_info(STREAM_K8S, durable_name(NODE))
+            break
+        except NotFoundError:
+            assert time.monotonic() < deadline, "the restarted worker made no consumer"
+            await asyncio.sleep(0.01)
     assert info.num_ack_pending == 0
     # the policy loop names flows' Services from the slices this loop absorbed (no 2nd decode)
     slices = {(e.namespace, e.name): e.object for e in events(clusterip) + events(policy)}

@@ -1,4 +1,4 @@
-"""The relist runs with the cyclic collector paused, then collects once and freezes the survivors.
+"""The relist runs in a bulk GC phase (services.common.gcphase): collector paused, then settled.
 
 The relist goes through the real stand-in over HTTP (kubernetes-asyncio) into the in-memory sink;
 a probe around the real source records whether automatic collection was on while the listing
@@ -8,12 +8,11 @@ was fetched and while the sink published.
 from __future__ import annotations
 
 import gc
-import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import pytest
 
-from services.watcher.gcphase import BULK, BulkPhases
+from services.common.gcphase import BULK
 from services.watcher.kube import ApiSource, Listing, WatchEvent
 from services.watcher.observe import make_normaliser
 from services.watcher.reflector import Reflector
@@ -30,37 +29,6 @@ def _restore_collector() -> Iterator[None]:
     yield
     gc.unfreeze()
     (gc.enable if enabled else gc.disable)()
-
-
-class _Cycle:
-    def __init__(self) -> None:
-        self.me = self
-
-
-def test_phase_pauses_collection_nests_and_collects_cycles_once_at_the_end() -> None:
-    phases = BulkPhases()
-    gc.enable()
-    with phases.phase():
-        assert not gc.isenabled()
-        with phases.phase():
-            assert not gc.isenabled()
-            garbage = _Cycle()
-            ref = weakref.ref(garbage)
-            del garbage
-        assert not gc.isenabled(), "an inner phase must not re-enable the collector"
-        assert ref() is not None, "no collection while a phase is open"
-        kept = [_Cycle()]  # alive at the end of the phase: frozen, not collected
-    assert gc.isenabled()
-    assert ref() is None, "the cycle left by the phase is collected when it ends"
-    assert gc.get_freeze_count() > 0
-    assert gc.is_tracked(kept[0])
-
-
-def test_phase_keeps_the_collector_off_when_it_was_off() -> None:
-    gc.disable()
-    with BulkPhases().phase():
-        pass
-    assert not gc.isenabled()
 
 
 class _Probe:

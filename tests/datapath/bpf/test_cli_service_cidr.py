@@ -37,8 +37,11 @@ def node_dirs() -> Iterator[tuple[Path, Path]]:
         remove_cgroup(cgroup)
 
 
-def ranges_once_written(version_dir: Path, timeout: float = 60) -> list[ipaddress.IPv4Network]:
-    """The ranges, once the loader child has written some (bcc pins the map empty first)."""
+def ranges_once_written(
+    version_dir: Path, count: int, timeout: float = 60
+) -> list[ipaddress.IPv4Network]:
+    """The ranges, once the loader child has written ``count`` (bcc pins the map empty first,
+    and the loader writes one range at a time)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -46,7 +49,7 @@ def ranges_once_written(version_dir: Path, timeout: float = 60) -> list[ipaddres
                 found = maps.service_ranges()
         except MapError:
             found = []
-        if found:
+        if len(found) >= count:
             return found
         time.sleep(0.05)
     raise AssertionError(f"no service ranges under {version_dir} after {timeout}s")
@@ -82,7 +85,7 @@ def test_ranges_reach_the_pinned_map(
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WEIR_")}
     proc = subprocess.Popen(cmd, env=clean | env, stderr=subprocess.PIPE, text=True)
     try:
-        got = ranges_once_written(pins / "v1")
+        got = ranges_once_written(pins / "v1", len(want))
     finally:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=30)
