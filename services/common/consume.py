@@ -28,6 +28,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from services.common import metrics, tracing
+from services.common.cancelling import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ async def consume(
     log.info("consuming %s/%s %s", stream, durable, ",".join(filter_subjects))
     try:
         while True:
+            raise_if_cancelled()  # a cancel nats-py lost (services/common/cancelling.py)
             try:
                 msgs = await psub.fetch(batch, timeout=fetch_timeout)
             except (nats.errors.TimeoutError, TimeoutError):

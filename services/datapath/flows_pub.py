@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from services.common.bus import Outgoing
+from services.common.cancelling import raise_if_cancelled
 from services.datapath.flowevents import FlowEventReader, RawFlowEvent
 from services.datapath.flows import FlowConversionError, FlowNames, flow_msg_id, to_flow
 
@@ -80,6 +81,7 @@ class FlowPublisher:
     async def run(self) -> None:
         """Publish until cancelled."""
         while True:
+            raise_if_cancelled()  # a cancel nats-py lost (services/common/cancelling.py)
             self._signalled = False
             if not self._queue:
                 self._wake.clear()

@@ -57,6 +57,7 @@ from contracts.subjects import (
 from contracts.v1 import Identity, IPCacheEntry, K8sEvent, MapFill, NodeStatus
 from services.common import tracing
 from services.common.bus import Bus, Outgoing, last_per_subject, publish_batch
+from services.common.cancelling import raise_if_cancelled
 from services.common.consume import DurableSpec
 from services.common.pullfeed import ConsumerGoneError, PullFeed
 from services.datapath import policy_sync_metrics as pm
@@ -278,6 +279,7 @@ class PolicyWorker:
         await feed.start()
         try:
             while True:
+                raise_if_cancelled()  # a cancel nats-py lost (services/common/cancelling.py)
                 try:
                     msgs = await feed.next_batch(self.cfg.batch, wait=self.cfg.fetch_timeout)
                 except ConsumerGoneError:
@@ -349,6 +351,7 @@ class PolicyWorker:
 
     async def _applier(self) -> None:
         while True:
+            raise_if_cancelled()  # a cancel nats-py lost (services/common/cancelling.py)
             if self._retry:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._dirty.wait(), self.cfg.retry_interval)

@@ -58,6 +58,7 @@ from contracts.subjects import (
 from contracts.v1 import MapFill, NodeStatus
 from services.common import tracing
 from services.common.bus import MSG_ID_HEADER, Bus, connect_bus, provision
+from services.common.cancelling import raise_if_cancelled
 from services.common.consume import DurableSpec, ack_position, last_per_subject
 from services.common.gcphase import BULK
 from services.common.ops import OpsServer, start_ops_server
@@ -254,6 +255,7 @@ class DatapathWorker:
         last_retry = time.monotonic()
         try:
             while True:
+                raise_if_cancelled()  # a cancel nats-py lost (services/common/cancelling.py)
                 try:
                     msgs = await feed.next_batch(
                         self.settings.batch, wait=self.settings.fetch_timeout

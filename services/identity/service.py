@@ -34,6 +34,7 @@ from contracts import subjects as s
 from contracts.v1 import Identity, IPCacheEntry, K8sEvent, Op
 from services.common import tracing
 from services.common.bus import Bus, consume, last_per_subject, provision, publish
+from services.common.cancelling import raise_if_cancelled
 from services.identity import metrics
 from services.identity.allocator import Allocator
 from services.identity.labels import (
@@ -233,6 +234,7 @@ class IdentityService:
 
     async def _gc_loop(self) -> None:
         while True:
+            raise_if_cancelled()  # a cancel nats-py lost (services/common/cancelling.py)
             await asyncio.sleep(self.config.gc_interval)
             try:
                 await self.collect_garbage()

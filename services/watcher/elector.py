@@ -17,6 +17,7 @@ from collections.abc import Callable
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from services.common.cancelling import raise_if_cancelled
 from services.watcher.lease import (
     Create,
     LeaseRecord,
@@ -70,6 +71,7 @@ class Elector:
         """Campaign forever (until cancelled); release the lease on the way out."""
         try:
             while True:
+                raise_if_cancelled()  # a cancel nats-py lost (services/common/cancelling.py)
                 try:
                     await self.step()
                 except asyncio.CancelledError:

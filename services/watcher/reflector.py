@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.common.bus import reconnect_delay
+from services.common.cancelling import raise_if_cancelled
 from services.common.gcphase import BULK
 from services.watcher import metrics
 from services.watcher.kube import Gone, KubeError, KubeSource, WatchIdle
@@ -102,10 +103,12 @@ class Reflector:
         """Reflect forever (until cancelled); never raises on bad input or a failing API."""
         reason, failures = "start", 0
         while True:
+            raise_if_cancelled()  # a cancel nats-py lost (services/common/cancelling.py)
             try:
                 await self.relist(reason)
                 failures = 0
                 while True:
+                    raise_if_cancelled()  # a cancel nats-py lost (services/common/cancelling.py)
                     await self.watch_once()
                     metrics.WATCH_RESTARTS.labels(self.kind).inc()
             except (Gone, WatchIdle) as exc:

@@ -24,6 +24,7 @@ from typing import Any
 
 from contracts.subjects import K8S_KINDS, KV_LEADER
 from services.common.bus import Bus, connect_bus, provision
+from services.common.cancelling import raise_if_cancelled
 from services.common.ops import start_ops_server
 from services.common.settings import WeirSettings
 from services.watcher import metrics
@@ -132,6 +133,7 @@ async def run_watcher(
         campaign = asyncio.create_task(elector.run(), name="lease")
         try:
             while True:
+                raise_if_cancelled()  # a cancel nats-py lost (services/common/cancelling.py)
                 await elector.wait_leader()
                 term = asyncio.create_task(
                     lead_one_term(
