@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import os
 import secrets
@@ -165,6 +166,16 @@ async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
         yield connected
     finally:
         await connected.close()
+
+
+@pytest.fixture
+def restore_gc() -> Iterator[None]:
+    """Put the cyclic collector back as it was (enabled or not, nothing frozen) after a test that
+    runs a bulk GC phase (services.common.gcphase)."""
+    enabled = gc.isenabled()
+    yield
+    gc.unfreeze()
+    (gc.enable if enabled else gc.disable)()
 
 
 @pytest.fixture(name="unique_name")

@@ -14,6 +14,7 @@ all of them, so the help lists everything. ``app`` (the full CLI) stays importab
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 
@@ -22,52 +23,25 @@ import typer
 HELP = "Weir: an event-driven eBPF service datapath for Kubernetes."
 
 
-def _apiserver(app: typer.Typer) -> None:
-    from services.apiserver.cli import apiserver_command  # noqa: PLC0415
-
-    app.command("apiserver")(apiserver_command)
+Register = Callable[[typer.Typer], None]
 
 
-def _datapath(app: typer.Typer) -> None:
-    from services.datapath.cli import datapath_command  # noqa: PLC0415
+def _command(name: str, module: str, attribute: str) -> tuple[str, Register]:
+    """A subcommand whose function ``module.attribute`` is imported only when it is registered."""
 
-    app.command("datapath")(datapath_command)
+    def register(app: typer.Typer) -> None:
+        app.command(name)(getattr(importlib.import_module(module), attribute))
 
-
-def _observe(app: typer.Typer) -> None:
-    from services.ops.observe_cli import observe_command  # noqa: PLC0415
-
-    app.command("observe")(observe_command)
+    return name, register
 
 
-def _replay(app: typer.Typer) -> None:
-    from services.ops.replay_cli import replay_command  # noqa: PLC0415
+def _group(name: str, module: str, attribute: str) -> tuple[str, Register]:
+    """A typer group (``weir bpf …``) imported only when it is registered."""
 
-    app.command("replay")(replay_command)
+    def register(app: typer.Typer) -> None:
+        app.add_typer(getattr(importlib.import_module(module), attribute), name=name)
 
-
-def _status(app: typer.Typer) -> None:
-    from services.ops.inspect_cli import status_command  # noqa: PLC0415
-
-    app.command("status")(status_command)
-
-
-def _trace(app: typer.Typer) -> None:
-    from services.ops.trace_cli import trace_command  # noqa: PLC0415
-
-    app.command("trace")(trace_command)
-
-
-def _watcher(app: typer.Typer) -> None:
-    from services.watcher.cli import watcher_command  # noqa: PLC0415
-
-    app.command("watcher")(watcher_command)
-
-
-def _bpf(app: typer.Typer) -> None:
-    from services.ops.inspect_cli import bpf_app  # noqa: PLC0415
-
-    app.add_typer(bpf_app, name="bpf")
+    return name, register
 
 
 def _identity(app: typer.Typer) -> None:
@@ -78,32 +52,22 @@ def _identity(app: typer.Typer) -> None:
     app.add_typer(identity_app(identity_command), name="identity")
 
 
-def _sandbox(app: typer.Typer) -> None:
-    from services.sandbox.cli import sandbox_app  # noqa: PLC0415
-
-    app.add_typer(sandbox_app, name="sandbox")
-
-
-def _svc(app: typer.Typer) -> None:
-    from services.ops.inspect_cli import svc_app  # noqa: PLC0415
-
-    app.add_typer(svc_app, name="svc")
-
-
 # name -> registers it (help lists them in this order)
-COMMANDS: dict[str, Callable[[typer.Typer], None]] = {
-    "apiserver": _apiserver,
-    "datapath": _datapath,
-    "observe": _observe,
-    "replay": _replay,
-    "status": _status,
-    "trace": _trace,
-    "watcher": _watcher,
-    "bpf": _bpf,
-    "identity": _identity,
-    "sandbox": _sandbox,
-    "svc": _svc,
-}
+COMMANDS: dict[str, Register] = dict(
+    [
+        _command("apiserver", "services.apiserver.cli", "apiserver_command"),
+        _command("datapath", "services.datapath.cli", "datapath_command"),
+        _command("observe", "services.ops.observe_cli", "observe_command"),
+        _command("replay", "services.ops.replay_cli", "replay_command"),
+        _command("status", "services.ops.inspect_cli", "status_command"),
+        _command("trace", "services.ops.trace_cli", "trace_command"),
+        _command("watcher", "services.watcher.cli", "watcher_command"),
+        _group("bpf", "services.ops.inspect_cli", "bpf_app"),
+        ("identity", _identity),
+        _group("sandbox", "services.sandbox.cli", "sandbox_app"),
+        _group("svc", "services.ops.inspect_cli", "svc_app"),
+    ]
+)
 
 
 def build_app(only: str | None = None) -> typer.Typer:

@@ -8,19 +8,12 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator
 
 import pytest
 
 from services.common.gcphase import BulkPhases
 
-
-@pytest.fixture(autouse=True)
-def _restore_collector() -> Iterator[None]:
-    enabled = gc.isenabled()
-    yield
-    gc.unfreeze()
-    (gc.enable if enabled else gc.disable)()
+pytestmark = pytest.mark.usefixtures("restore_gc")
 
 
 class _Cycle:

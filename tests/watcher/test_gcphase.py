@@ -8,7 +8,7 @@ was fetched and while the sink published.
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -22,13 +22,7 @@ from tests.apiserver.conftest import Kube
 from tests.watcher import kubeops
 from tests.watcher.samples import sample
 
-
-@pytest.fixture(autouse=True)
-def _restore_collector() -> Iterator[None]:
-    enabled = gc.isenabled()
-    yield
-    gc.unfreeze()
-    (gc.enable if enabled else gc.disable)()
+pytestmark = pytest.mark.usefixtures("restore_gc")
 
 
 class _Probe:
