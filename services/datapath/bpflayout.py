@@ -24,8 +24,11 @@ from services.datapath.bpfsys import (
     MAP_TYPE_PERCPU_ARRAY,
 )
 from services.datapath.lbmap import (
+    INLINE_BACKENDS_MAX,
     BackendState,
     BackendValue,
+    FrontendValue,
+    InlineBackend,
     RevNatValue,
     ServiceFlags,
     ServiceKey,
@@ -52,6 +55,27 @@ class Lb4Service(ctypes.Structure):
         ("flags", ctypes.c_uint8),
         ("pad", ctypes.c_uint8),
         ("affinity_timeout", ctypes.c_uint32),
+    ]
+
+
+class Lb4InlineBackend(ctypes.Structure):
+    _fields_ = [
+        ("address", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+        ("backend_id", ctypes.c_uint32),
+    ]
+
+
+class Lb4Frontend(ctypes.Structure):
+    _fields_ = [
+        ("rev_nat_index", ctypes.c_uint32),
+        ("count", ctypes.c_uint16),
+        ("flags", ctypes.c_uint8),
+        ("n_inline", ctypes.c_uint8),
+        ("affinity_timeout", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("backends", Lb4InlineBackend * INLINE_BACKENDS_MAX),
     ]
 
 
@@ -117,6 +141,7 @@ COUNTERS = (
 
 # Logical names (used in MapError and fill(), shared with the fake) -> pinned/kernel names.
 MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT = "services", "backends", "revnat"
+MAP_FRONTENDS = "frontends"
 MAP_AFFINITY, MAP_SK_REVNAT, MAP_COUNTERS = "affinity", "sk_revnat", "counters"
 
 
@@ -153,6 +178,8 @@ def map_specs(cap: MapCapacities) -> tuple[MapSpec, ...]:
     hash_, lru, nopre = MAP_TYPE_HASH, MAP_TYPE_LRU_HASH, BPF_F_NO_PREALLOC
     return (
         MapSpec(MAP_SERVICES, "lb4_services", hash_, Lb4Key, Lb4Service, cap.services, nopre),
+        # one entry per frontend, like the reverse NAT map (bpf/lb4_maps.h)
+        MapSpec(MAP_FRONTENDS, "lb4_frontends", hash_, Lb4Key, Lb4Frontend, cap.revnat, nopre),
         MapSpec(
             MAP_BACKENDS, "lb4_backends", hash_, ctypes.c_uint32, Lb4Backend, cap.backends, nopre
         ),
@@ -232,14 +259,27 @@ def _service_flags(raw: int) -> ServiceFlags:
     return flags
 
 
-def encode_service_key(key: ServiceKey) -> Lb4Key:
-    m = MAP_SERVICES
+def _encode_lb4_key(m: str, key: ServiceKey) -> Lb4Key:
     return Lb4Key(
         address=_ip(m, key, "vip", key.vip),
         dport=socket.htons(_uint(m, key, "port", key.port, 16)),
         backend_slot=_uint(m, key, "slot", key.slot, 16),
         proto=_uint(m, key, "proto", key.proto, 8),
     )
+
+
+def encode_service_key(key: ServiceKey) -> Lb4Key:
+    return _encode_lb4_key(MAP_SERVICES, key)
+
+
+def encode_frontend_key(key: ServiceKey) -> Lb4Key:
+    """A frontend is keyed like its master: slot 0 (connect() looks it up with slot 0)."""
+    raw = _encode_lb4_key(MAP_FRONTENDS, key)
+    if raw.backend_slot != 0:
+        raise EntryError(
+            MAP_FRONTENDS, key, "slot", f"{key.slot!r} is not 0 (frontends are masters)"
+        )
+    return raw
 
 
 def decode_service_key(raw: Lb4Key) -> ServiceKey:
@@ -264,6 +304,62 @@ def decode_service_value(raw: Lb4Service) -> ServiceValue:
         raw.rev_nat_index,
         _service_flags(raw.flags),
         raw.affinity_timeout,
+    )
+
+
+def encode_frontend_value(key: ServiceKey, value: FrontendValue) -> Lb4Frontend:
+    """The entry connect() reads. Refuses what the program would misread: more inline backends
+    than the entry holds, an inline list that is not exactly the ``count`` slots (the program
+    picks among ``n_inline``, the slots path among ``count``), or inline backends on a service
+    with session affinity (the program takes the inline path before it looks at affinity)."""
+    m = MAP_FRONTENDS
+    count = _uint(m, key, "count", value.count, 16)
+    flags = _uint(m, key, "flags", value.flags, 8)
+    raw = Lb4Frontend(
+        rev_nat_index=_uint(m, key, "rev_nat_id", value.rev_nat_id, 32),
+        count=count,
+        flags=flags,
+        affinity_timeout=_uint(m, key, "affinity_timeout", value.affinity_timeout, 32),
+    )
+    inline = value.inline
+    if not isinstance(inline, tuple | list):
+        raise EntryError(m, key, "inline", f"{inline!r} is not a sequence of InlineBackend")
+    if len(inline) > INLINE_BACKENDS_MAX:
+        raise EntryError(
+            m, key, "inline", f"{len(inline)} backends, the entry holds {INLINE_BACKENDS_MAX}"
+        )
+    if inline and len(inline) != count:
+        raise EntryError(m, key, "inline", f"{len(inline)} backends but count is {count}")
+    if inline and flags & ServiceFlags.SESSION_AFFINITY:
+        raise EntryError(m, key, "inline", "must be empty with session affinity (slots path)")
+    raw.n_inline = len(inline)
+    for i, backend in enumerate(inline):
+        where = f"inline[{i}]"
+        if not isinstance(backend, tuple) or len(backend) != len(InlineBackend._fields):
+            raise EntryError(m, key, where, f"{backend!r} is not an InlineBackend")
+        backend_id, ip, port = backend
+        slot = raw.backends[i]
+        slot.backend_id = _uint(m, key, f"{where}.backend_id", backend_id, 32)
+        slot.address = _ip(m, key, f"{where}.ip", ip)
+        slot.port = socket.htons(_uint(m, key, f"{where}.port", port, 16))
+    return raw
+
+
+def decode_frontend_value(raw: Lb4Frontend) -> FrontendValue:
+    n = raw.n_inline
+    if n > INLINE_BACKENDS_MAX:
+        raise EntryError(
+            MAP_FRONTENDS,
+            f"rev_nat_id {raw.rev_nat_index}",
+            "n_inline",
+            f"{n} is more than {INLINE_BACKENDS_MAX} (map written by a newer version?)",
+        )
+    backends = raw.backends
+    inline = tuple(
+        InlineBackend(b.backend_id, _ip_str(b.address), socket.ntohs(b.port)) for b in backends[:n]
+    )
+    return FrontendValue(
+        raw.count, raw.rev_nat_index, _service_flags(raw.flags), raw.affinity_timeout, inline
     )
 
 
@@ -332,10 +428,16 @@ _REVNAT = struct.Struct("<IH2x")  # Lb4ReverseNat
 # are packed straight from inet_pton (no int conversion call per backend)
 _BACKEND_BYTES = struct.Struct("<4sHBB")
 _U32 = struct.Struct("<I")
+# Lb4Frontend: the head, then INLINE_BACKENDS_MAX Lb4InlineBackend (address as bytes, as above);
+# the inline slots past n_inline stay zero (the value buffer starts zeroed)
+_FRONTEND_HEAD = struct.Struct("<IHBBI4x")
+_INLINE = struct.Struct("<4sH2xI")
 for _fmt, _ctype in ((_KEY, Lb4Key), (_SERVICE, Lb4Service), (_BACKEND, Lb4Backend),
                      (_BACKEND_BYTES, Lb4Backend), (_REVNAT, Lb4ReverseNat),
-                     (_U32, ctypes.c_uint32)):  # fmt: skip
+                     (_U32, ctypes.c_uint32), (_INLINE, Lb4InlineBackend)):  # fmt: skip
     assert _fmt.size == ctypes.sizeof(_ctype), (_fmt.format, _ctype)
+assert Lb4Frontend.backends.offset == _FRONTEND_HEAD.size
+assert _FRONTEND_HEAD.size + INLINE_BACKENDS_MAX * _INLINE.size == ctypes.sizeof(Lb4Frontend)
 _PACK_ERRORS = (struct.error, OSError, OverflowError, TypeError, ValueError, AttributeError)
 K = TypeVar("K")
 V = TypeVar("V")
@@ -392,20 +494,70 @@ def pack_services(items: Mapping[ServiceKey, ServiceValue]) -> Packed:
 
 
 def pack_service_keys(keys: Iterable[ServiceKey]) -> Packed:
+    return _pack_lb4_keys(keys, encode_service_key, masters_only=False)
+
+
+def pack_frontend_keys(keys: Iterable[ServiceKey]) -> Packed:
+    """Frontend keys (slot 0 only: a slot key would name no frontend and delete nothing)."""
+    return _pack_lb4_keys(keys, encode_frontend_key, masters_only=True)
+
+
+def _pack_lb4_keys(
+    keys: Iterable[ServiceKey], check: Callable[[ServiceKey], object], *, masters_only: bool
+) -> Packed:
     todo = list(keys)
     out = bytearray(len(todo) * _KEY.size)
     kp, htons, ks = _KEY.pack_into, socket.htons, _KEY.size
     last, raw = None, 0
     try:
         for i, (vip, port, proto, slot) in enumerate(todo):
+            if masters_only and slot:
+                raise ValueError(slot)
             if vip is not last:
                 raw, last = _ip_raw(vip), vip
             kp(out, i * ks, raw, htons(port), slot, proto)
     except _PACK_ERRORS:
         for k in todo:
-            encode_service_key(k)
+            check(k)
         raise
     return Packed(out, bytearray(), len(todo))
+
+
+def _check_frontend(key: ServiceKey, value: FrontendValue) -> None:
+    encode_frontend_key(key)
+    encode_frontend_value(key, value)
+
+
+_AFFINITY = int(ServiceFlags.SESSION_AFFINITY)
+
+
+def pack_frontends(items: Mapping[ServiceKey, FrontendValue]) -> Packed:
+    """Like :func:`pack_services`; the rules :func:`encode_frontend_value` enforces are checked
+    here too (a breach goes to the checked encoder, which names it)."""
+    n = len(items)
+    ks, vs, bs = _KEY.size, ctypes.sizeof(Lb4Frontend), _INLINE.size
+    keys, values = bytearray(n * ks), bytearray(n * vs)
+    kp, hp, bp = _KEY.pack_into, _FRONTEND_HEAD.pack_into, _INLINE.pack_into
+    htons, pton, inet, ip = socket.htons, socket.inet_pton, socket.AF_INET, _ip_raw
+    head, most, affinity = _FRONTEND_HEAD.size, INLINE_BACKENDS_MAX, _AFFINITY
+    try:
+        for i, ((vip, port, proto, slot), (count, rid, flags, aff, inline)) in enumerate(
+            items.items()
+        ):
+            n_inline = len(inline)
+            if slot or (n_inline and (n_inline != count or n_inline > most or flags & affinity)):
+                raise ValueError(slot)
+            kp(keys, i * ks, ip(vip), htons(port), 0, proto)
+            at = i * vs
+            hp(values, at, rid, count, flags, n_inline, aff)
+            at += head
+            for bid, addr, bport in inline:
+                bp(values, at, pton(inet, addr), htons(bport), bid)
+                at += bs
+    except _PACK_ERRORS:
+        _recheck(items.items(), _check_frontend)
+        raise
+    return Packed(keys, values, n)
 
 
 def pack_backends(items: Mapping[int, BackendValue]) -> Packed:

@@ -25,17 +25,21 @@ from services.datapath.bpflayout import (
     COUNTERS,
     MAP_BACKENDS,
     MAP_COUNTERS,
+    MAP_FRONTENDS,
     MAP_REVNAT,
     MAP_SERVICES,
     MapCapacities,
     MapSpec,
     Packed,
     decode_backend,
+    decode_frontend_value,
     decode_revnat,
     decode_service_key,
     decode_service_value,
     map_specs,
     pack_backends,
+    pack_frontend_keys,
+    pack_frontends,
     pack_ids,
     pack_revnat,
     pack_service_keys,
@@ -43,6 +47,7 @@ from services.datapath.bpflayout import (
 )
 from services.datapath.lbmap import (
     BackendValue,
+    FrontendValue,
     LBMapState,
     MapError,
     MapFullError,
@@ -189,6 +194,16 @@ class PinnedMap:
                 if exc.errno != errno.ENOENT:
                     raise self.error(exc, labels[i]) from exc
 
+    def empty(self) -> bool:
+        """Whether the map has no entry: one syscall, whatever its size."""
+        try:
+            bpfsys.map_get_next_key(self.fd, None, self.spec.key())
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return True
+            raise MapError(self.spec.name, f"reading: {exc.strerror}") from exc
+        return False
+
     def items(self) -> Iterator[tuple[Any, Any]]:
         """Every (key, value), read in batches (one pass, not a snapshot under writes)."""
         for key, value in self.views():
@@ -307,10 +322,19 @@ class BpfLBMap(PinnedMaps):
         labels = list(ids)
         self.maps[MAP_REVNAT].delete_packed(pack_ids(labels, MAP_REVNAT), labels)
 
+    def update_frontends(self, items: Mapping[ServiceKey, FrontendValue]) -> None:
+        self.maps[MAP_FRONTENDS].update_packed(pack_frontends(items), list(items))
+
+    def delete_frontends(self, keys: Iterable[ServiceKey]) -> None:
+        labels = list(keys)
+        self.maps[MAP_FRONTENDS].delete_packed(pack_frontend_keys(labels), labels)
+
     def dump(self) -> LBMapState:
         state = LBMapState()
         for k, v in self.maps[MAP_SERVICES].views():
             state.services[decode_service_key(k)] = decode_service_value(v)
+        for k, v in self.maps[MAP_FRONTENDS].views():
+            state.frontends[decode_service_key(k)] = decode_frontend_value(v)
         for k, v in self.maps[MAP_BACKENDS].views():
             state.backends[int(k)] = decode_backend(v)
         for k, v in self.maps[MAP_REVNAT].views():

@@ -33,6 +33,7 @@ from services.datapath.lbmap import (
     ServiceFlags,
     ServiceKey,
     ServiceValue,
+    derive_frontends,
 )
 from services.datapath.loader import PROGRAMS, SockLB, remove_pins
 from tests.conftest import unique_name
@@ -166,6 +167,7 @@ def emptied_maps(lb: SockLB) -> Iterator[BpfLBMap]:
     maps = lb.maps()
     try:
         state = maps.dump()
+        maps.delete_frontends(state.frontends)
         maps.delete_services(state.services)
         maps.delete_backends(state.backends)
         maps.delete_revnat(state.revnat)
@@ -234,7 +236,8 @@ def program_service(
     flags: ServiceFlags = ServiceFlags.NONE,
     timeout: int = 0,
 ) -> None:
-    """Backends 1..3 are BACKENDS[0..2] on BACKEND_PORT; write in the datapath-safe order."""
+    """Backends 1..3 are BACKENDS[0..2] on BACKEND_PORT; write in the datapath-safe order
+    (the worker's: backends, slots, reverse NAT, master, frontend)."""
     maps.update_backends(
         {i: BackendValue(BACKENDS[i - 1], BACKEND_PORT, proto) for i in backend_ids if i <= 3}
     )
@@ -251,3 +254,10 @@ def program_service(
         count=len(backend_ids), rev_nat_id=rev_nat_id, flags=flags, affinity_timeout=timeout
     )
     maps.update_services({ServiceKey(vip, port, proto): master})
+    write_frontend(maps, ServiceKey(vip, port, proto))
+
+
+def write_frontend(maps: BpfLBMap, key: ServiceKey) -> None:
+    """Write the frontend entry the maps' master ``key`` and its slots imply (the last step of a
+    service change, before trimming slots), as the reconciler does."""
+    maps.update_frontends({key: derive_frontends(maps.dump())[key]})

@@ -17,9 +17,12 @@ from services.datapath.bpflayout import EntryError, MapCapacities, map_specs
 from services.datapath.bpfmaps import BpfLBMap
 from services.datapath.fakemaps import FakeLBMap
 from services.datapath.lbmap import (
+    INLINE_BACKENDS_MAX,
     PROTO_TCP,
     BackendState,
     BackendValue,
+    FrontendValue,
+    InlineBackend,
     MapFullError,
     RevNatValue,
     ServiceFlags,
@@ -88,6 +91,16 @@ def test_roundtrip_of_every_field(maps: BpfLBMap) -> None:
         2**32 - 1: BackendValue("192.0.2.1", 1, 132, BackendState.TERMINATING)
     }
     assert state.revnat == {65535: RevNatValue("10.96.255.254", 65535)}
+    inline = tuple(
+        InlineBackend(2**32 - 1 - i, f"255.255.255.{255 - i}", 65535 - i)
+        for i in range(INLINE_BACKENDS_MAX)
+    )
+    frontends = {
+        key: FrontendValue(65535, 2**32 - 1, value.flags, 2**32 - 1),
+        ServiceKey("10.96.0.1", 1, 6): FrontendValue(4, 1, ServiceFlags.LOCAL_ONLY, 0, inline),
+    }
+    maps.update_frontends(frontends)
+    assert maps.dump().frontends == frontends
 
 
 @pytest.mark.parametrize("batch", [True, False], ids=["batch", "per-entry"])
@@ -111,6 +124,27 @@ def test_large_batches_and_deleting_absent_keys(maps: BpfLBMap, batch: bool) -> 
     assert maps.fill()["services"] == (0, SMALL.services)
 
 
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "per-entry"])
+def test_frontends_batches_fill_and_deleting_absent_keys(maps: BpfLBMap, batch: bool) -> None:
+    maps.maps["frontends"].batch = batch
+    frontends = {
+        ServiceKey(f"10.96.{i >> 8}.{i & 255}", 80, PROTO_TCP): FrontendValue(
+            i % 6, i, inline=tuple(InlineBackend(j, f"10.244.0.{j}", 8080) for j in range(i % 6))
+        )
+        if i % 6 <= INLINE_BACKENDS_MAX
+        else FrontendValue(i % 6, i)
+        for i in range(1, SMALL.revnat + 1)
+    }
+    maps.update_frontends(frontends)
+    assert maps.dump().frontends == frontends
+    assert maps.fill()["frontends"] == (SMALL.revnat, SMALL.revnat)
+    with pytest.raises(MapFullError, match=r"frontends: writing ServiceKey\(vip='10.96.9.9'"):
+        maps.update_frontends({ServiceKey("10.96.9.9", 80, PROTO_TCP): FrontendValue(0, 1)})
+    gone = list(frontends)[::2]
+    maps.delete_frontends([*gone, ServiceKey("10.96.9.9", 80, PROTO_TCP)])  # absent: skipped
+    assert maps.dump().frontends == {k: v for k, v in frontends.items() if k not in gone}
+
+
 def test_full_map_names_the_map_and_the_entry(pin_root: Path) -> None:
     tiny = MapCapacities(services=8, backends=8, revnat=8, affinity=8, sk_revnat=8)
     lb = SockLB(pin_root, tiny, version="tiny")
@@ -130,6 +164,10 @@ def test_full_map_names_the_map_and_the_entry(pin_root: Path) -> None:
         lb.close()
 
 
+def inline_backends(n: int) -> tuple[InlineBackend, ...]:
+    return tuple(InlineBackend(i, f"10.244.0.{i}", 8080) for i in range(1, n + 1))
+
+
 @pytest.mark.parametrize(
     ("write", "field"),
     [
@@ -142,6 +180,19 @@ def test_full_map_names_the_map_and_the_entry(pin_root: Path) -> None:
         (lambda m: m.update_backends({1: BackendValue("10.0.0.1", 80, 6, 9)}), "state"),  # type: ignore[arg-type]
         (lambda m: m.update_backends({2**32: BackendValue("10.0.0.1", 80, 6)}), "id"),
         (lambda m: m.update_revnat({1: RevNatValue("::1", 80)}), "vip"),
+        (
+            lambda m: m.update_frontends(
+                {ServiceKey("10.96.0.1", 80, 6): FrontendValue(2, 1, inline=inline_backends(1))}
+            ),
+            "inline",
+        ),
+        (
+            lambda m: m.update_frontends(
+                {ServiceKey("10.96.0.1", 80, 6, 1): FrontendValue(1, 1, inline=inline_backends(1))}
+            ),
+            "slot",
+        ),
+        (lambda m: m.delete_frontends([ServiceKey("10.96.0.1", 80, 6, 3)]), "slot"),
     ],
 )
 def test_bad_entries_name_map_entry_and_field(maps: BpfLBMap, write: object, field: str) -> None:

@@ -105,7 +105,9 @@ def test_deleted_service_is_refused(netns: str, cgroup: Path, ranges: BpfLBMap) 
     program_service(ranges, vip, 80, [1])
     assert "backend" in run_client(netns, cgroup, "tcp", vip, "80", "1")[0]
     state = ranges.dump()
-    ranges.delete_services(state.services)  # the reconciler's delete order: slots/master first
+    # the reconciler's delete order: the frontend, then slots/master, reverse NAT, backends
+    ranges.delete_frontends(state.frontends)
+    ranges.delete_services(state.services)
     ranges.delete_revnat(state.revnat)
     ranges.delete_backends(state.backends)
     assert run_client(netns, cgroup, "tcp", vip, "80", "1") == [{"error": "ECONNREFUSED"}]

@@ -16,7 +16,13 @@ import pytest
 
 from services.datapath.bpfmaps import BpfLBMap
 from services.datapath.lbmap import PROTO_UDP, ServiceFlags, ServiceKey, ServiceValue
-from tests.datapath.bpf.conftest import BACKEND_PORT, BACKENDS, program_service, run_client
+from tests.datapath.bpf.conftest import (
+    BACKEND_PORT,
+    BACKENDS,
+    program_service,
+    run_client,
+    write_frontend,
+)
 
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("servers")]
 
@@ -95,9 +101,11 @@ def test_slot_with_missing_backend_is_skipped(netns: str, cgroup: Path, lbmap: B
 def test_removed_backend_gets_no_new_connections(netns: str, cgroup: Path, lbmap: BpfLBMap) -> None:
     program_service(lbmap, VIP, 83, [1, 2])
     assert set(backends_hit(run_client(netns, cgroup, "tcp", VIP, "83", "40"))) == set(BACKENDS[:2])
-    # The reconciler's order for a removal: rewrite the slots, shrink the master, trim.
+    # The reconciler's order for a removal: rewrite the slots, shrink the master, rewrite the
+    # frontend, trim.
     lbmap.update_services({ServiceKey(VIP, 83, 6, 1): ServiceValue(backend_id=2, rev_nat_id=1)})
     lbmap.update_services({ServiceKey(VIP, 83, 6): ServiceValue(count=1, rev_nat_id=1)})
+    write_frontend(lbmap, ServiceKey(VIP, 83, 6))
     lbmap.delete_services([ServiceKey(VIP, 83, 6, 2)])
     lbmap.delete_backends([1])
     assert backends_hit(run_client(netns, cgroup, "tcp", VIP, "83", "40")) == {BACKENDS[1]: 40}

@@ -12,7 +12,13 @@ import time
 from pathlib import Path
 
 from services.datapath.bpflayout import MapCapacities
-from services.datapath.lbmap import BackendValue, RevNatValue, ServiceKey, ServiceValue
+from services.datapath.lbmap import (
+    BackendValue,
+    RevNatValue,
+    ServiceKey,
+    ServiceValue,
+    derive_frontends,
+)
 from services.datapath.loader import SockLB
 
 VIP, PORT, BACKENDS = "10.96.0.20", 80, ("10.244.0.11", "10.244.0.12")
@@ -30,6 +36,7 @@ def main(pin_root: str, cgroup: str) -> None:
         )
         maps.update_revnat({9: RevNatValue(VIP, PORT)})
         maps.update_services({ServiceKey(VIP, PORT, 6): ServiceValue(count=2, rev_nat_id=9)})
+        maps.update_frontends(derive_frontends(maps.dump()))  # what connect4 reads
     print("ready", flush=True)
     while True:
         time.sleep(60)
