@@ -39,11 +39,10 @@ from typing import Any
 
 from bench.kubeproxy_rules import BenchService, ruleset
 from bench.machine import describe, save
+from bench.mapprobe import MapProbe
 from bench.stats import percentile
 from contracts.v1 import K8sEvent, Op, to_event
 from services.common.bus import Outgoing, connect_bus, provision, publish, publish_batch
-from services.datapath import bpfsys
-from services.datapath.bpflayout import Lb4Key, Lb4Service
 from services.datapath.loader import DEFAULT_VERSION, remove_pins
 from tests.conftest import NatsServer, free_port
 
@@ -163,26 +162,6 @@ def ready(url: str) -> bool:
     return False
 
 
-class MasterProbe:
-    """Point lookups of one frontend's master entry in the pinned services map."""
-
-    def __init__(self, version_dir: Path) -> None:
-        self.fd = bpfsys.obj_get(version_dir / "lb4_services")
-
-    def count(self, ip: str, port: int) -> int | None:
-        key = Lb4Key(address=int.from_bytes(socket.inet_aton(ip), "little"),
-                     dport=socket.htons(port), backend_slot=0, proto=6)  # fmt: skip
-        value = Lb4Service()
-        try:
-            bpfsys.map_lookup(self.fd, key, value)
-        except OSError:
-            return None
-        return int(value.count)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 async def publish_cluster(url: str, events: list[K8sEvent]) -> float:
     bus = await connect_bus(url, "bench-coldsync")
     try:
@@ -196,7 +175,7 @@ async def publish_cluster(url: str, events: list[K8sEvent]) -> float:
         await bus.close()
 
 
-async def change_latencies(url: str, probe: MasterProbe, endpoints: int, n: int) -> list[float]:
+async def change_latencies(url: str, probe: MapProbe, endpoints: int, n: int) -> list[float]:
     """Shrink/grow one service's slice ``n`` times; seconds until its master count follows."""
     bus = await connect_bus(url, "bench-changes")
     out: list[float] = []
@@ -210,7 +189,7 @@ async def change_latencies(url: str, probe: MasterProbe, endpoints: int, n: int)
             ev = to_event("endpointslice", Op.UPSERT, raw, "bench", datetime.now(UTC))
             await publish(bus.js, ev.subject(), ev, msg_id=ev.msg_id())
             deadline = start + 10
-            while probe.count(vip(i), PORT) != size:
+            while probe.master_count(vip(i), PORT) != size:
                 if time.perf_counter() > deadline:
                     raise RuntimeError(f"change {k} to svc-{i} not programmed within 10 s")
                 await asyncio.sleep(0.0002)
@@ -289,7 +268,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             m: int(metrics.get(f'weir_datapath_map_entries{{map="{m}"}}', -1))
             for m in ("services", "backends", "revnat")
         }
-        probe = MasterProbe(pin_dir / DEFAULT_VERSION)
+        probe = MapProbe(pin_dir / DEFAULT_VERSION)
         try:
             lat = asyncio.run(change_latencies(nats.url, probe, args.endpoints, args.changes))
         finally:

@@ -2,8 +2,8 @@
 
 It loads bpf/sock_lb.c through the same loader the datapath worker uses, attaches it to the
 ``weir`` contender's cgroup, and writes services through the real map layer (BpfLBMap) in the
-worker's order (backends, slots, reverse NAT, master). Pins live in a unique directory removed on
-exit, also on failure.
+worker's order (backends, slots, reverse NAT, master, frontend entry). Pins live in a unique
+directory removed on exit, also on failure.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from services.datapath.bpflayout import MapCapacities
 from services.datapath.lbmap import (
     PROTO_TCP,
     BackendValue,
+    FrontendValue,
     RevNatValue,
     ServiceKey,
     ServiceValue,
+    frontend_value,
 )
 from services.datapath.loader import SockLB, remove_pins
 
@@ -70,12 +72,13 @@ class WeirMaps:
         for svc in services:
             for ep in svc.endpoints:
                 backend_ids.setdefault(ep, len(backend_ids) + 1)
-        self.maps.update_backends(
-            {bid: BackendValue(ip, port, PROTO_TCP) for (ip, port), bid in backend_ids.items()}
-        )
         slots: dict[ServiceKey, ServiceValue] = {}
         masters: dict[ServiceKey, ServiceValue] = {}
         revnat: dict[int, RevNatValue] = {}
+        frontends: dict[ServiceKey, FrontendValue] = {}
+        backends = {
+            bid: BackendValue(ip, port, PROTO_TCP) for (ip, port), bid in backend_ids.items()
+        }
         for rev_nat_id, svc in enumerate(services, start=1):
             master = ServiceKey(svc.vip, svc.port, PROTO_TCP, 0)
             for slot, ep in enumerate(svc.endpoints, start=1):
@@ -84,13 +87,18 @@ class WeirMaps:
                 )
             revnat[rev_nat_id] = RevNatValue(svc.vip, svc.port)
             masters[master] = ServiceValue(count=len(svc.endpoints), rev_nat_id=rev_nat_id)
+            ids = [backend_ids[ep] for ep in svc.endpoints]
+            frontends[master] = frontend_value(masters[master], [(b, backends[b]) for b in ids])
         new = {k.vip for k in masters}
+        self.maps.update_backends(backends)
         self.maps.update_services(slots)
         self.maps.update_revnat(revnat)
         self.maps.update_services(masters)
+        self.maps.update_frontends(frontends)
         stale = self.loaded - new
         if stale:
             state = self.maps.dump()
+            self.maps.delete_frontends([k for k in state.frontends if k.vip in stale])
             self.maps.delete_services([k for k in state.services if k.vip in stale])
         self.loaded = new
         return time.perf_counter() - start

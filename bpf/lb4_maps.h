@@ -10,6 +10,15 @@
  *                  slots 1..count hold one backend id each.
  *   lb4_backends   backend_id -> {ip, port, proto, state}
  *   lb4_revnat     rev_nat_id (u32; Cilium's u16 would cap a node at 65k frontends) -> {vip, port}
+ *   lb4_frontends  {vip, port, 0, proto} -> the master's fields + up to LB4_INLINE_MAX backends
+ *                  {address, port, backend_id} inline. What connect4 reads: for a service with
+ *                  1..LB4_INLINE_MAX backends and no affinity, one lookup picks the backend
+ *                  (instead of master + slot + backend); otherwise n_inline is 0 and the program
+ *                  goes on to the slots. A map of its own, one entry per frontend (capacity
+ *                  LB4_REVNAT_MAX, like lb4_revnat), so its bucket array is a fraction of
+ *                  lb4_services': on a VM each bucket array a lookup touches costs a cache and TLB
+ *                  miss. Derived from lb4_services/lb4_backends by the control plane (written
+ *                  after the master, deleted before it) and rebuilt by the loader before attach.
  *   lb4_affinity   {client netns cookie, rev_nat_id} -> {backend_id, slot, last_used}   (LRU)
  *   lb4_sk_revnat  {socket cookie, backend ip, backend port} -> {vip, port, rev_nat_id} (LRU)
  *   lb4_counters   per-CPU counters, indexed by enum lb4_counter
@@ -69,6 +78,25 @@ struct lb4_service {
 	__u8 flags;             /* master: SVC_F_* */
 	__u8 pad;
 	__u32 affinity_timeout; /* master: seconds; 0 = never expires */
+};
+
+#define LB4_INLINE_MAX 4 /* INLINE_BACKENDS_MAX in services/datapath/lbmap.py */
+
+struct lb4_inline_backend {
+	__be32 address;
+	__be16 port;
+	__u16 pad;
+	__u32 backend_id; /* its id in lb4_backends: for inspection, not read by the programs */
+};
+
+struct lb4_frontend {
+	__u32 rev_nat_index;
+	__u16 count;            /* backend slots in lb4_services (0: refuse) */
+	__u8 flags;             /* SVC_F_* */
+	__u8 n_inline;          /* 0: use the slots; else == count, the backends below */
+	__u32 affinity_timeout; /* seconds; 0 = never expires */
+	__u32 pad;
+	struct lb4_inline_backend backends[LB4_INLINE_MAX];
 };
 
 struct lb4_backend {
@@ -132,6 +160,8 @@ enum lb4_counter {
 
 BPF_TABLE_PINNED("hash", struct lb4_key, struct lb4_service, lb4_services, LB4_SERVICES_MAX,
 		 MAP_PIN("lb4_services"), LB4_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", struct lb4_key, struct lb4_frontend, lb4_frontends, LB4_REVNAT_MAX,
+		 MAP_PIN("lb4_frontends"), LB4_NO_PREALLOC);
 BPF_TABLE_PINNED("hash", __u32, struct lb4_backend, lb4_backends, LB4_BACKENDS_MAX,
 		 MAP_PIN("lb4_backends"), LB4_NO_PREALLOC);
 BPF_TABLE_PINNED("hash", __u32, struct lb4_reverse_nat, lb4_revnat, LB4_REVNAT_MAX,

@@ -4,7 +4,8 @@
  *
  * Why at the socket: connect() and sendmsg() to a service VIP are rewritten to a backend before
  * any packet exists, so there is no per-packet NAT, no conntrack entry and no rule chain; the
- * cost is one hash lookup per connect, whatever the number of services.
+ * cost is one hash lookup per connect (for services with up to 4 backends), whatever the number
+ * of services.
  *
  *   connect4     TCP and connected UDP: VIP:port -> backend:port
  *   sendmsg4     unconnected UDP sendto(VIP): the same translation per datagram
@@ -18,6 +19,9 @@
  *
  * Backend choice: the control plane writes only the backends to use (active ones, or the
  * terminating ones when none is active) into slots 1..count, so the datapath picks a random slot.
+ * The first and usually only lookup is lb4_frontends: a service with up to LB4_INLINE_MAX
+ * backends and no affinity carries them inline, so the pick needs no other map; larger services
+ * and affinity go on to the slots in lb4_services and lb4_backends (Cilium's layout).
  * A master with count 0 refuses the connection with ECONNREFUSED without any packet leaving;
  * so does an address inside the configured service CIDR(s) with no service entry at all (a
  * deleted Service, or a port it does not have): nothing else could answer there, and failing
@@ -112,23 +116,23 @@ static __always_inline struct lb4_backend *affinity_backend(struct lb4_key *key,
 static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 proto)
 {
 	struct lb4_key key = {};
-	struct lb4_service *svc;
+	struct lb4_frontend *fe;
 	struct lb4_backend *backend = NULL;
 	struct lb4_affinity_key akey = {};
-	__u32 backend_id = 0, timeout;
+	__u32 backend_id = 0, timeout, idx;
 	__u32 rev_nat;
 	__u16 count, slot = 0;
-	__u8 flags;
+	__u8 flags, n_inline;
 	__u64 now = 0;
-	__be32 vip = ctx->user_ip4;
-	__be16 vport = (__be16)ctx->user_port;
+	__be32 vip = ctx->user_ip4, be_address;
+	__be16 vport = (__be16)ctx->user_port, be_port;
 	int i;
 
 	key.address = vip;
 	key.dport = vport;
 	key.proto = proto;
-	svc = lb4_services.lookup(&key);
-	if (!svc) {
+	fe = lb4_frontends.lookup(&key);
+	if (!fe) {
 		struct lb4_range_key range = { .prefixlen = 32, .address = vip };
 
 		if (lb4_service_ranges.lookup(&range))
@@ -136,15 +140,30 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 proto
 		return SYS_PROCEED; /* not a service address */
 	}
 
-	/* Copy the master: the pointer is into a map the control plane may update under us. */
-	count = svc->count;
-	rev_nat = svc->rev_nat_index;
-	flags = svc->flags;
-	timeout = svc->affinity_timeout;
+	/* Copy what we need: the pointer is into a map the control plane may update under us (an
+	 * update replaces the element, so fields read through one pointer belong together). */
+	count = fe->count;
+	rev_nat = fe->rev_nat_index;
+	flags = fe->flags;
+	timeout = fe->affinity_timeout;
+	n_inline = fe->n_inline;
 
 	if (count == 0 || (flags & SVC_F_NO_BACKENDS))
 		goto refuse;
 
+	if (n_inline) {
+		/* The backends are in the entry: one lookup for the whole decision. The mask only
+		 * proves the bound to the verifier (the control plane writes n_inline <= LB4_INLINE_MAX,
+		 * a power of two); the barrier keeps the compiler from folding it into the modulo. */
+		idx = bpf_get_prandom_u32() % n_inline;
+		asm volatile("" : "+r"(idx));
+		idx &= LB4_INLINE_MAX - 1;
+		be_address = fe->backends[idx].address;
+		be_port = fe->backends[idx].port;
+		goto translate;
+	}
+
+	key.backend_slot = 0;
 	if (flags & SVC_F_AFFINITY) {
 		now = bpf_ktime_get_ns();
 		akey.client_cookie = bpf_get_netns_cookie(ctx);
@@ -171,13 +190,16 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 proto
 			lb4_affinity.update(&akey, &aval);
 		}
 	}
+	be_address = backend->address;
+	be_port = backend->port;
 
+translate:
 	{
 		/* Remember the service for this socket so replies and getpeername() show the VIP. */
 		struct ipv4_revnat_tuple rkey = {
 			.cookie = sock_cookie(ctx),
-			.address = backend->address,
-			.port = backend->port,
+			.address = be_address,
+			.port = be_port,
 		};
 		struct ipv4_revnat_entry rval = {
 			.address = vip,
@@ -187,8 +209,8 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 proto
 		lb4_sk_revnat.update(&rkey, &rval);
 	}
 
-	ctx->user_ip4 = backend->address;
-	ctx->user_port = (__u32)backend->port;
+	ctx->user_ip4 = be_address;
+	ctx->user_port = (__u32)be_port;
 	count_event(CNT_TRANSLATED);
 	return SYS_PROCEED;
 

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from services.datapath.lbmap import (
     BackendValue,
+    FrontendValue,
     LBMap,
     LBMapState,
     RevNatValue,
@@ -95,6 +96,12 @@ class DeferredLBMap:
 
     def delete_revnat(self, ids: Iterable[int]) -> None:
         self.wait().delete_revnat(ids)
+
+    def update_frontends(self, items: Mapping[ServiceKey, FrontendValue]) -> None:
+        self.wait().update_frontends(items)
+
+    def delete_frontends(self, keys: Iterable[ServiceKey]) -> None:
+        self.wait().delete_frontends(keys)
 
     def dump(self) -> LBMapState:
         return self.wait().dump()

@@ -19,6 +19,7 @@ from typing import Literal, TypeVar
 
 from services.datapath.lbmap import (
     BackendValue,
+    FrontendValue,
     LBMap,
     LBMapState,
     MapError,
@@ -31,9 +32,15 @@ from services.datapath.lbmap import (
 MAP_SERVICES = "services"
 MAP_BACKENDS = "backends"
 MAP_REVNAT = "revnat"
-MAP_NAMES = (MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT)
+MAP_FRONTENDS = "frontends"
+MAP_NAMES = (MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_FRONTENDS)
 
-DEFAULT_CAPACITY = {MAP_SERVICES: 65536, MAP_BACKENDS: 65536, MAP_REVNAT: 65536}
+DEFAULT_CAPACITY = {
+    MAP_SERVICES: 65536,
+    MAP_BACKENDS: 65536,
+    MAP_REVNAT: 65536,
+    MAP_FRONTENDS: 65536,
+}
 
 WriteHook = Callable[[str, LBMapState], None]
 Op = Literal["update", "delete"]
@@ -42,7 +49,7 @@ V = TypeVar("V")
 
 
 class FakeLBMap:
-    """Three dicts behind the LBMap protocol, with kernel-like capacity limits."""
+    """Four dicts behind the LBMap protocol, with kernel-like capacity limits."""
 
     def __init__(
         self,
@@ -89,11 +96,18 @@ class FakeLBMap:
     def delete_revnat(self, ids: Iterable[int]) -> None:
         self._delete(MAP_REVNAT, self.state.revnat, ids)
 
+    def update_frontends(self, items: Mapping[ServiceKey, FrontendValue]) -> None:
+        self._update(MAP_FRONTENDS, self.state.frontends, items)
+
+    def delete_frontends(self, keys: Iterable[ServiceKey]) -> None:
+        self._delete(MAP_FRONTENDS, self.state.frontends, keys)
+
     def dump(self) -> LBMapState:
         return LBMapState(
             services=dict(self.state.services),
             backends=dict(self.state.backends),
             revnat=dict(self.state.revnat),
+            frontends=dict(self.state.frontends),
         )
 
     def close(self) -> None:
@@ -104,6 +118,7 @@ class FakeLBMap:
             MAP_SERVICES: len(self.state.services),
             MAP_BACKENDS: len(self.state.backends),
             MAP_REVNAT: len(self.state.revnat),
+            MAP_FRONTENDS: len(self.state.frontends),
         }
         return {name: (n, self.capacity[name]) for name, n in sizes.items()}
 
@@ -186,6 +201,16 @@ class FaultyLBMap:
             self._check(MAP_REVNAT, "delete", k)
             self.inner.delete_revnat([k])
 
+    def update_frontends(self, items: Mapping[ServiceKey, FrontendValue]) -> None:
+        for k, v in items.items():
+            self._check(MAP_FRONTENDS, "update", k)
+            self.inner.update_frontends({k: v})
+
+    def delete_frontends(self, keys: Iterable[ServiceKey]) -> None:
+        for k in keys:
+            self._check(MAP_FRONTENDS, "delete", k)
+            self.inner.delete_frontends([k])
+
     def dump(self) -> LBMapState:
         return self.inner.dump()
 
@@ -194,24 +219,42 @@ class FaultyLBMap:
 
 
 def check_consistent(state: LBMapState) -> list[str]:
-    """The datapath invariant: every master's count points only at written slots whose backends
-    exist, and its reverse-NAT entry exists. Returns the violations (empty when consistent)."""
+    """The datapath invariant, at any instant between two writes: what connect() reads must
+    lead to a usable backend. Every frontend entry's reverse-NAT entry exists; an inline entry
+    names backends that exist with those addresses; an entry without inline backends (and every
+    master, which inspection and the slots path read) has slots 1..count whose backends exist.
+    Returns the violations (empty when consistent)."""
     problems: list[str] = []
     for key, value in state.services.items():
-        if key.slot != 0:
+        if key.slot == 0:
+            problems.extend(_slot_problems(state, key, value.count, value.rev_nat_id))
+    for key, fv in state.frontends.items():
+        where = f"{key.vip}:{key.port}/{key.proto} (frontend entry)"
+        if not fv.inline:
+            problems.extend(_slot_problems(state, key, fv.count, fv.rev_nat_id, where))
             continue
-        for slot in range(1, value.count + 1):
-            sk = key._replace(slot=slot)
-            sv = state.services.get(sk)
-            if sv is None:
-                problems.append(
-                    f"{key.vip}:{key.port}/{key.proto}: count {value.count} but slot {slot} missing"
-                )
-            elif sv.backend_id not in state.backends:
-                problems.append(
-                    f"{key.vip}:{key.port}/{key.proto}: slot {slot} -> backend "
-                    f"{sv.backend_id} missing"
-                )
-        if value.rev_nat_id not in state.revnat:
-            problems.append(f"{key.vip}:{key.port}/{key.proto}: rev_nat {value.rev_nat_id} missing")
+        if len(fv.inline) != fv.count:
+            problems.append(f"{where}: count {fv.count} but {len(fv.inline)} inline backends")
+        for ib in fv.inline:
+            b = state.backends.get(ib.backend_id)
+            if b is None or (b.ip, b.port) != (ib.ip, ib.port):
+                problems.append(f"{where}: inline backend {ib} is not in the backends map")
+        if fv.rev_nat_id not in state.revnat:
+            problems.append(f"{where}: rev_nat {fv.rev_nat_id} missing")
+    return problems
+
+
+def _slot_problems(
+    state: LBMapState, key: ServiceKey, count: int, rev_nat_id: int, where: str = ""
+) -> list[str]:
+    where = where or f"{key.vip}:{key.port}/{key.proto}"
+    problems: list[str] = []
+    for slot in range(1, count + 1):
+        sv = state.services.get(key._replace(slot=slot))
+        if sv is None:
+            problems.append(f"{where}: count {count} but slot {slot} missing")
+        elif sv.backend_id not in state.backends:
+            problems.append(f"{where}: slot {slot} -> backend {sv.backend_id} missing")
+    if rev_nat_id not in state.revnat:
+        problems.append(f"{where}: rev_nat {rev_nat_id} missing")
     return problems

@@ -11,16 +11,24 @@ Layout (Cilium's slot layout, IPv4):
   reverse-NAT id, flags and the affinity timeout. Slots 1..count hold one ``backend_id`` each.
 * backends: id -> {ip, port, proto, state}.
 * reverse NAT: id -> {vip, port}, so replies and getpeername() show the service address.
+* frontends: {vip, port, proto} -> the master's fields plus, for a service with at most
+  :data:`INLINE_BACKENDS_MAX` backends and no session affinity, the backends themselves
+  ("inline"). It is what connect() reads: one hash lookup picks a backend instead of three
+  (master, slot, backend), and it is a map of its own, sized per frontend, so the lookup walks a
+  bucket array a quarter the size of the services map's (on this kind of VM a lookup costs about
+  one cache and TLB miss per bucket array touched, ~1 us). It is derived state: the services map
+  stays the record (Cilium's layout, the slots for larger services and for affinity), and
+  :func:`frontend_value` is the one rule that derives an entry from a master and its slots.
 
 Writes must keep the datapath consistent at every instant: backends, then slots, then reverse NAT,
-then the master count, then trimming stale slots. The order is the reconciler's job; this layer
-only performs batches of writes and reports failures precisely.
+then the master count, then the frontend entry, then trimming stale slots. The order is the
+reconciler's job; this layer only performs batches of writes and reports failures precisely.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -80,13 +88,74 @@ class RevNatValue(NamedTuple):
     port: int
 
 
+# How many backends a frontend entry carries inline (LB4_INLINE_MAX in bpf/lb4_maps.h).
+INLINE_BACKENDS_MAX = 4
+
+
+class InlineBackend(NamedTuple):
+    backend_id: int  # the id in the backends map (for inspection and the consistency check)
+    ip: str
+    port: int
+
+
+class FrontendValue(NamedTuple):
+    """A frontend entry: the master's fields and, when inline, the backends of slots 1..count in
+    slot order. ``inline`` empty with ``count`` > 0 means: pick a slot from the services map."""
+
+    count: int  # type: ignore[assignment]  # shadows tuple.count on purpose, like ServiceValue
+    rev_nat_id: int
+    flags: ServiceFlags = ServiceFlags.NONE
+    affinity_timeout: int = 0
+    inline: tuple[InlineBackend, ...] = ()
+
+
+def inlinable(count: int, flags: ServiceFlags) -> bool:
+    """Whether a frontend's backends go inline: 1..INLINE_BACKENDS_MAX of them and no session
+    affinity (affinity remembers a slot and proves membership through the slots map)."""
+    return 0 < count <= INLINE_BACKENDS_MAX and not flags & ServiceFlags.SESSION_AFFINITY
+
+
+def frontend_value(
+    master: ServiceValue, slots: Sequence[tuple[int, BackendValue | None]]
+) -> FrontendValue:
+    """The frontend entry for ``master`` whose slots 1..count hold ``slots``: (backend id, that
+    backend's value or None when it is not in the backends map) in slot order. Pure: the
+    reconciler and the loader's rebuild both derive entries with it. A slot whose backend is
+    unknown keeps the frontend on the slots path (connect() then skips that slot, as before)."""
+    count, rev_nat_id, flags, timeout = master[1], master[2], master[3], master[4]
+    inline: tuple[InlineBackend, ...] = ()
+    if inlinable(count, flags) and len(slots) == count:
+        picked = [InlineBackend(bid, b[0], b[1]) for bid, b in slots if b is not None]
+        if len(picked) == count:
+            inline = tuple(picked)
+    return FrontendValue(count, rev_nat_id, flags, timeout, inline)
+
+
 @dataclass(slots=True)
 class LBMapState:
-    """A full snapshot of the three maps: what ``dump()`` returns and what goldens compare."""
+    """A full snapshot of the four maps: what ``dump()`` returns and what goldens compare."""
 
     services: dict[ServiceKey, ServiceValue] = field(default_factory=dict)
     backends: dict[int, BackendValue] = field(default_factory=dict)
     revnat: dict[int, RevNatValue] = field(default_factory=dict)
+    frontends: dict[ServiceKey, FrontendValue] = field(default_factory=dict)  # slot 0 keys
+
+
+def derive_frontends(state: LBMapState) -> dict[ServiceKey, FrontendValue]:
+    """The frontend entries that the masters, slots and backends in ``state`` imply, one per
+    master (pure): what the loader writes before it attaches programs that read them."""
+    out: dict[ServiceKey, FrontendValue] = {}
+    services, backends = state.services, state.backends
+    for key, master in services.items():
+        vip, port, proto, slot = key
+        if slot:
+            continue
+        slots: list[tuple[int, BackendValue | None]] = []
+        for n in range(1, master.count + 1):
+            sv = services.get(ServiceKey(vip, port, proto, n))
+            slots.append((0, None) if sv is None else (sv.backend_id, backends.get(sv.backend_id)))
+        out[key] = frontend_value(master, slots)
+    return out
 
 
 class MapError(Exception):
@@ -102,7 +171,7 @@ class MapFullError(MapError):
 
 
 class LBMap(Protocol):
-    """Batch writes to the three load-balancing maps. Updates are idempotent; deleting an absent
+    """Batch writes to the four load-balancing maps. Updates are idempotent; deleting an absent
     key is not an error. Implementations raise MapError/MapFullError and never partially hide a
     failure: on error, entries before the failing one may have been written."""
 
@@ -112,6 +181,8 @@ class LBMap(Protocol):
     def delete_services(self, keys: Iterable[ServiceKey]) -> None: ...
     def update_revnat(self, items: Mapping[int, RevNatValue]) -> None: ...
     def delete_revnat(self, ids: Iterable[int]) -> None: ...
+    def update_frontends(self, items: Mapping[ServiceKey, FrontendValue]) -> None: ...
+    def delete_frontends(self, keys: Iterable[ServiceKey]) -> None: ...
     def dump(self) -> LBMapState: ...
     def fill(self) -> dict[str, tuple[int, int]]:
         """Per map name: (entries, capacity)."""

@@ -15,20 +15,29 @@ from collections.abc import Iterable, Mapping
 
 from services.datapath.alloc import IdAllocator
 from services.datapath.frontend import BackendAddr, Frontend
-from services.datapath.lbmap import BackendValue, LBMapState, RevNatValue, ServiceKey, ServiceValue
+from services.datapath.lbmap import (
+    BackendValue,
+    FrontendValue,
+    LBMapState,
+    RevNatValue,
+    ServiceKey,
+    ServiceValue,
+)
 
 BACKEND_ID_LAST = 2**32 - 1
 REVNAT_ID_LAST = 2**16 - 1
 
 
 class Realised:
-    """Mirror of the three maps: masters and slots per frontend, backends, reverse NAT."""
+    """Mirror of the four maps: masters and slots per frontend, backends, reverse NAT, and the
+    frontend entries connect() reads."""
 
     def __init__(self) -> None:
         self.masters: dict[Frontend, ServiceValue] = {}
         self.slots: dict[Frontend, dict[int, ServiceValue]] = {}
         self.backends: dict[int, BackendValue] = {}
         self.revnat: dict[int, RevNatValue] = {}
+        self.frontend_values: dict[Frontend, FrontendValue] = {}
         self.refs: Counter[int] = Counter()  # backend id -> slots that reference it
 
     @classmethod
@@ -37,11 +46,21 @@ class Realised:
         mirror.update_services(state.services)
         mirror.backends.update(state.backends)
         mirror.revnat.update(state.revnat)
+        mirror.update_frontends(state.frontends)
         return mirror
 
     def frontends(self) -> set[Frontend]:
-        """Every frontend with any entry (a master, or slots left behind without one)."""
-        return set(self.masters) | set(self.slots)
+        """Every frontend with any entry (a master, a frontend entry, or slots left behind)."""
+        return set(self.masters) | set(self.slots) | set(self.frontend_values)
+
+    def update_frontends(self, items: Mapping[ServiceKey, FrontendValue]) -> None:
+        values, new = self.frontend_values, tuple.__new__
+        for (vip, port, proto, _slot), value in items.items():
+            values[new(Frontend, (vip, port, proto))] = value
+
+    def delete_frontends(self, keys: Iterable[ServiceKey]) -> None:
+        for key in keys:
+            self.frontend_values.pop(Frontend.of(key), None)
 
     def update_services(self, items: Mapping[ServiceKey, ServiceValue]) -> None:
         masters, all_slots, refs = self.masters, self.slots, self.refs

@@ -3,8 +3,10 @@
 A connect() may look a service up between any two map writes, so every plan is a sequence of
 steps that keeps the maps consistent at each instant (checked after every single write by the
 invariant tests): (1) backends, (2) slots 1..n, (3) reverse NAT, (4) the master with its count,
-(5) trim stale slots beyond n, (6) delete vanished frontends master first, then their slots, then
-their reverse NAT, (7) delete backends nothing references any more.
+(5) the frontend entry connect() reads (the master's fields, and the backends inline for small
+services: ``lbmap.frontend_value``), (6) trim stale slots beyond n, (7) delete vanished frontends
+frontend entry first, then master, then their slots, then their reverse NAT, (8) delete backends
+nothing references any more (an inline backend is rewritten out of its entry before that).
 
 Planning (:func:`plan`) is pure apart from id allocation: it diffs the desired spec of each target
 frontend against the :class:`Realised` mirror, so re-applying the same state writes nothing.
@@ -26,6 +28,8 @@ from services.datapath.alloc import IdAllocator, IdSpaceExhaustedError
 from services.datapath.frontend import BackendAddr, Frontend, FrontendSpec
 from services.datapath.lbmap import (
     BackendValue,
+    FrontendValue,
+    InlineBackend,
     LBMap,
     MapError,
     MapFullError,
@@ -33,6 +37,7 @@ from services.datapath.lbmap import (
     ServiceFlags,
     ServiceKey,
     ServiceValue,
+    inlinable,
 )
 from services.datapath.realised import Realised
 
@@ -41,7 +46,9 @@ PHASES = (
     "slots",
     "revnat",
     "masters",
+    "frontends",
     "trim",
+    "del-frontends",
     "del-masters",
     "del-slots",
     "del-revnat",
@@ -57,7 +64,9 @@ class Step:
     backends: dict[int, BackendValue] = field(default_factory=dict)
     services: dict[ServiceKey, ServiceValue] = field(default_factory=dict)
     revnat: dict[int, RevNatValue] = field(default_factory=dict)
+    frontends: dict[ServiceKey, FrontendValue] = field(default_factory=dict)
     del_services: list[ServiceKey] = field(default_factory=list)
+    del_frontends: list[ServiceKey] = field(default_factory=list)
     del_revnat: list[int] = field(default_factory=list)
     del_backends: list[int] = field(default_factory=list)
 
@@ -66,7 +75,9 @@ class Step:
             len(self.backends)
             + len(self.services)
             + len(self.revnat)
+            + len(self.frontends)
             + len(self.del_services)
+            + len(self.del_frontends)
             + len(self.del_revnat)
             + len(self.del_backends)
         )
@@ -105,6 +116,7 @@ def plan(
     # entries built with tuple.__new__ (in C) instead of the named tuples' Python-level __new__
     slot_writes, trims = s["slots"].services, s["trim"].del_services
     master_writes, revnat_writes = s["masters"].services, s["revnat"].revnat
+    frontend_writes, frontends_get = s["frontends"].frontends, realised.frontend_values.get
     realised_slots, delta, allocate = realised.slots, ref_delta.get, backend_ids.allocate_many
     want_get, masters_get, revnat_get = want_backends.get, realised.masters.get, realised.revnat.get
     desired_get, revnat_id = desired.get, revnat_ids.get
@@ -119,7 +131,9 @@ def plan(
                 ref_delta[bid] = delta(bid, 0) - 1
             spec = desired_get(fe)
             if spec is None:
-                present = fe in realised.masters or fe in realised_slots
+                present = (
+                    fe in realised.masters or fe in realised_slots or fe in realised.frontend_values
+                )
                 if present or revnat_id(fe) is not None:
                     _plan_delete(fe, realised, revnat_ids, s)
                 continue
@@ -149,6 +163,15 @@ def plan(
             master = new(ServiceValue, (0, count, rid, flags, spec[2]))  # [2]: affinity timeout
             if masters_get(fe) != master:
                 master_writes[new(ServiceKey, (vip, port, proto, 0))] = master
+            inline: tuple[InlineBackend, ...] = ()
+            if inlinable(count, flags):  # the slots' backends, in slot order (ascending ids)
+                inline = tuple(
+                    new(InlineBackend, (bid, want_backends[bid][0], want_backends[bid][1]))
+                    for bid in sorted(ids)
+                )
+            entry = new(FrontendValue, (count, rid, flags, spec[2], inline))
+            if frontends_get(fe) != entry:
+                frontend_writes[new(ServiceKey, (vip, port, proto, 0))] = entry
             if old_slots and max(old_slots) > count:  # slots beyond the new count
                 stale = [n for n in sorted(old_slots) if n > count]
                 trims.extend(ServiceKey(vip, port, proto, n) for n in stale)
@@ -182,6 +205,8 @@ def _plan_delete(
     fe: Frontend, realised: Realised, revnat_ids: IdAllocator[Frontend], s: dict[str, Step]
 ) -> None:
     master = realised.masters.get(fe)
+    if fe in realised.frontend_values:
+        s["del-frontends"].del_frontends.append(fe.key())
     if master is not None:
         s["del-masters"].del_services.append(fe.key())
     s["del-slots"].del_services.extend(fe.key(n) for n in sorted(realised.slot_backends(fe)))
@@ -358,6 +383,12 @@ class Reconciler:
         if step.revnat:
             m.update_revnat(step.revnat)
             r.revnat.update(step.revnat)
+        if step.frontends:
+            m.update_frontends(step.frontends)
+            r.update_frontends(step.frontends)
+        if step.del_frontends:
+            m.delete_frontends(step.del_frontends)
+            r.delete_frontends(step.del_frontends)
         if step.del_services:
             m.delete_services(step.del_services)
             r.delete_services(step.del_services)

@@ -42,6 +42,14 @@ def render(state: LBMapState) -> str:
     for ident in sorted(state.revnat):
         r = state.revnat[ident]
         lines.append(f"{ident} {r.vip}:{r.port}")
+    lines.append("# frontends: vip:port/proto -> what connect() reads (inline backends or slots)")
+    for key in sorted(state.frontends):
+        f = state.frontends[key]
+        picks = " ".join(f"{b.backend_id}={b.ip}:{b.port}" for b in f.inline) or "slots"
+        lines.append(
+            f"{Frontend(key.vip, key.port, key.proto)} count={f.count} revnat={f.rev_nat_id}"
+            f" flags={_flags(f.flags)} affinity={f.affinity_timeout} -> {picks}"
+        )
     return "\n".join(lines) + "\n"
 
 

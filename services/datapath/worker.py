@@ -407,7 +407,12 @@ class DatapathWorker:
         if not self.synced:  # the bootstrap applies without telling the incremental count
             self._entries.invalidate()
         services = self._entries.count(r)
-        entries = {"services": services, "backends": len(r.backends), "revnat": len(r.revnat)}
+        entries = {
+            "services": services,
+            "backends": len(r.backends),
+            "revnat": len(r.revnat),
+            "frontends": len(r.frontend_values),
+        }
         return {name: (entries.get(name, 0), cap) for name, cap in self._capacity.items()}
 
     def status(self) -> NodeStatus:

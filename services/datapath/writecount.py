@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 from services.datapath.lbmap import (
     BackendValue,
+    FrontendValue,
     LBMap,
     LBMapState,
     RevNatValue,
@@ -61,6 +62,15 @@ class WriteCounter:
         keys = list(ids)
         self.counts["revnat"] += len(keys)
         self.inner.delete_revnat(keys)
+
+    def update_frontends(self, items: Mapping[ServiceKey, FrontendValue]) -> None:
+        self.counts["frontends"] += len(items)
+        self.inner.update_frontends(items)
+
+    def delete_frontends(self, keys: Iterable[ServiceKey]) -> None:
+        items = list(keys)
+        self.counts["frontends"] += len(items)
+        self.inner.delete_frontends(items)
 
     def dump(self) -> LBMapState:
         return self.inner.dump()

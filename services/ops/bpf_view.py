@@ -27,6 +27,7 @@ from services.ops.output import Column
 
 
 class MapName(StrEnum):
+    FRONTENDS = "frontends"
     SERVICES = "services"
     BACKENDS = "backends"
     REVNAT = "revnat"
@@ -84,6 +85,27 @@ def service_rows(state: LBMapState) -> list[dict[str, Any]]:
     return rows
 
 
+def frontend_rows(state: LBMapState) -> list[dict[str, Any]]:
+    """What connect() reads first: per frontend, its backends inline, or ``slots``."""
+    rows = []
+    for key in sorted(state.frontends):
+        f = state.frontends[key]
+        rows.append(
+            {
+                "frontend": str(Frontend(key.vip, key.port, key.proto)),
+                "count": f.count,
+                "rev_nat_id": f.rev_nat_id,
+                "flags": flag_names(f.flags),
+                "affinity_timeout": f.affinity_timeout,
+                "inline": [
+                    {"backend_id": b.backend_id, "backend": f"{b.ip}:{b.port}"} for b in f.inline
+                ],
+                "picks_from": " ".join(f"{b.ip}:{b.port}" for b in f.inline) or "slots",
+            }
+        )
+    return rows
+
+
 def backend_rows(state: LBMapState) -> list[dict[str, Any]]:
     return [
         {
@@ -136,6 +158,14 @@ def counter_rows(counters: Mapping[str, int]) -> list[dict[str, Any]]:
 
 
 COLUMNS: dict[MapName, list[Column]] = {
+    MapName.FRONTENDS: [
+        Column("frontend", "FRONTEND"),
+        Column("count", "COUNT", "right"),
+        Column("rev_nat_id", "REVNAT", "right"),
+        Column("flags", "FLAGS"),
+        Column("affinity_timeout", "AFFINITY", "right"),
+        Column("picks_from", "PICKS FROM"),
+    ],
     MapName.SERVICES: [
         Column("frontend", "FRONTEND"),
         Column("slot", "SLOT", "right"),

@@ -83,6 +83,8 @@ def _rows(maps: BpfLBMap, name: MapName) -> list[dict[str, Any]]:
     if name is MapName.SK_REVNAT:
         return bpf_view.sk_revnat_rows(maps.maps[MAP_SK_REVNAT].items())
     state = maps.dump()
+    if name is MapName.FRONTENDS:
+        return bpf_view.frontend_rows(state)
     if name is MapName.SERVICES:
         return bpf_view.service_rows(state)
     if name is MapName.BACKENDS:

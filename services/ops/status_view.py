@@ -19,7 +19,7 @@ from contracts.subjects import STREAM_K8S
 from contracts.v1 import NodeStatus, ValidationReport
 
 # The LB maps first, in the order a connect walks them, then the policy maps; others after.
-MAP_ORDER = ("services", "backends", "revnat", "affinity", "sk_revnat")
+MAP_ORDER = ("frontends", "services", "backends", "revnat", "affinity", "sk_revnat")
 POLICY_PREFIX = "policy_"
 SHOW_PERCENT = 50.0  # a fill worth a look; below it the percent is noise in the table
 # what services/datapath/policyworker.py puts in NodeStatus.errors when flow events were lost

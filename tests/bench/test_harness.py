@@ -27,7 +27,14 @@ from bench.plots import cdf
 from bench.run_all import summary_rows
 from contracts.v1.convert import to_event
 from services.datapath.bpflayout import MapCapacities
-from services.datapath.lbmap import PROTO_TCP, BackendValue, RevNatValue, ServiceKey, ServiceValue
+from services.datapath.lbmap import (
+    PROTO_TCP,
+    BackendValue,
+    RevNatValue,
+    ServiceKey,
+    ServiceValue,
+    derive_frontends,
+)
 from services.datapath.loader import SockLB, remove_pins
 from tests.conftest import unique_name
 
@@ -66,13 +73,15 @@ def test_map_probe_reads_the_pinned_maps(pinned_lb: SockLB) -> None:
         try:
             assert not probe.has_frontend(vip, 80)  # slots without a master are not a service
             maps.update_services({ServiceKey(vip, 80, PROTO_TCP, 0): ServiceValue(count=2)})
+            assert not probe.has_frontend(vip, 80)  # connect() reads the frontend entry
+            maps.update_frontends(derive_frontends(maps.dump()))
             assert probe.master_count(vip, 80) == 2
             assert probe.has_backend(vip, 80, fresh)
             assert not probe.has_backend(vip, 80, other)
             assert not probe.has_backend(vip, 81, fresh)
             change = Change("delete", "svc-0", vip, "")
             assert not change.landed(probe)
-            maps.delete_services([ServiceKey(vip, 80, PROTO_TCP, 0)])
+            maps.delete_frontends([ServiceKey(vip, 80, PROTO_TCP, 0)])
             assert change.landed(probe)
             assert not probe.has_frontend(vip, 80)
         finally:
@@ -98,6 +107,7 @@ def test_poller_process_sees_a_change_land_after_it_was_added(pinned_lb: SockLB)
                     ServiceKey(vip, 80, PROTO_TCP, 0): ServiceValue(count=1),
                 }
             )
+            maps.update_frontends(derive_frontends(maps.dump()))
         deadline = time.monotonic() + 5
         while poller.pending() and time.monotonic() < deadline:
             time.sleep(0.005)

@@ -19,6 +19,7 @@ from services.datapath.lbmap import (
     LBMapState,
     ServiceFlags,
     ServiceKey,
+    derive_frontends,
 )
 from services.datapath.reconcile import Reconciler
 from services.datapath.render import render, resolved
@@ -100,6 +101,9 @@ def test_every_write_is_safe_and_state_converges(seq: list[Desired], incremental
         assert result.ok, result.errors
         state = lbmap.dump()
         assert resolved(state) == expected(want)
+        # the frontend entries connect() reads agree with the rule the loader rebuilds them by
+        assert state.frontends == derive_frontends(state)
+        assert len(state.frontends) == len(want)
         used = {s.backend_id for k, s in state.services.items() if k.slot}
         assert set(state.backends) == used, "unreferenced backends left behind"
         assert len(state.revnat) == len(want)
@@ -123,7 +127,7 @@ def test_restart_renumbers_nothing_and_keeps_slots() -> None:
         1: ("10.244.0.1", 8080), 2: ("10.244.0.2", 8080), 3: ("10.244.0.3", 8080),
         4: ("10.244.0.4", 8080),
     }  # fmt: skip
-    assert result.writes == 3  # backend 4, slot 4, master count
+    assert result.writes == 4  # backend 4, slot 4, master count, frontend entry
 
 
 def test_prune_only_when_asked_and_removes_orphans() -> None:
@@ -230,3 +234,27 @@ def test_injected_map_full_error() -> None:
     result = Reconciler(faulty).apply(_big_desired())
     assert result.full and len(result.errors) == len(FRONTENDS)
     assert all(e.map_name == "services" and "full" in e.message for e in result.errors)
+
+
+def test_frontend_entry_carries_small_services_inline_and_follows_changes() -> None:
+    """Up to four backends and no affinity: the backends ride in the frontend entry (one lookup
+    in connect()); a fifth backend or affinity moves it to the slots, and back, safely."""
+    lbmap = checked_map()
+    rec = Reconciler(lbmap)
+    fe = FRONTENDS[0]
+
+    def apply(n: int, flags: ServiceFlags = ServiceFlags.NONE) -> tuple[int, int]:
+        spec = FrontendSpec(tuple(Backend(a) for a in ADDRS[:n]), flags, 30 if flags else 0)
+        assert rec.apply({fe: spec}, prune=True).ok
+        entry = lbmap.dump().frontends[fe.key()]
+        return entry.count, len(entry.inline)
+
+    assert apply(4) == (4, 4)
+    assert [b.ip for b in lbmap.dump().frontends[fe.key()].inline] == [a.ip for a in ADDRS[:4]]
+    assert apply(5) == (5, 0)
+    assert apply(3) == (3, 3)
+    assert apply(3, ServiceFlags.SESSION_AFFINITY) == (3, 0)
+    assert apply(1) == (1, 1)
+    assert apply(0) == (0, 0)
+    assert rec.apply({}, prune=True).ok
+    assert lbmap.dump().frontends == {}

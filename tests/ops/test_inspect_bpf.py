@@ -44,6 +44,7 @@ from services.datapath.lbmap import (
     ServiceFlags,
     ServiceKey,
     ServiceValue,
+    derive_frontends,
 )
 from services.datapath.loader import SockLB, remove_pins
 from services.datapath.policybpf import BpfPolicyMaps
@@ -120,6 +121,7 @@ def fill(maps: BpfLBMap) -> None:
     flags = ServiceFlags.SESSION_AFFINITY
     master = ServiceValue(count=2, rev_nat_id=7, flags=flags, affinity_timeout=600)
     maps.update_services({ServiceKey(vip, 80, PROTO_TCP, 0): master})
+    maps.update_frontends(derive_frontends(maps.dump()))
     aff = maps.maps[MAP_AFFINITY].fd
     akey = Lb4AffinityKey(client_cookie=4242, rev_nat_id=7)
     bpfsys.map_update(aff, akey, Lb4AffinityVal(last_used=123456789, backend_id=2, slot=2))
@@ -179,6 +181,22 @@ def test_services_slots_resolve_to_backends(pin_base: Path) -> None:
     # the versioned directory itself is accepted too
     again = dump("services", "--node", "n1", "--pin-dir", str(pin_base / "v1"))
     assert again["entries"] == rows
+
+
+def test_frontends_show_what_connect_reads(pin_base: Path) -> None:
+    doc = dump("frontends", "--node", "n1", "--pin-dir", str(pin_base))
+    assert doc["capacity"] == SMALL.revnat  # one entry per frontend, like the reverse NAT map
+    assert doc["entries"] == [
+        {
+            "frontend": "10.96.0.10:80/TCP",
+            "count": 2,
+            "rev_nat_id": 7,
+            "flags": ["SESSION_AFFINITY"],
+            "affinity_timeout": 600,
+            "inline": [],  # affinity keeps a service on the slots
+            "picks_from": "slots",
+        }
+    ]
 
 
 def test_backends_revnat_and_lru_maps(pin_base: Path) -> None:
@@ -283,4 +301,4 @@ def test_missing_pins_and_bad_map_name(tmp_path: Path) -> None:
     policy = runner.invoke(app, ["bpf", "dump", "ct", "--node", "n9", "--pin-dir", str(tmp_path)])
     assert policy.exit_code == 1 and "with the policy loop (not --no-policy)" in policy.output
     bad = runner.invoke(app, ["bpf", "dump", "nope", "--node", "n1", "--pin-dir", str(tmp_path)])
-    assert bad.exit_code == 2 and "MAP 'nope': expected one of services" in bad.output
+    assert bad.exit_code == 2 and "MAP 'nope': expected one of frontends, services" in bad.output

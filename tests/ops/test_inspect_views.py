@@ -24,7 +24,8 @@ from contracts.v1 import (
     Service,
     ServicePort,
 )
-from services.ops import identity_view, output, status_view, svc_view, target
+from services.datapath.lbmap import FrontendValue, InlineBackend, LBMapState, ServiceKey
+from services.ops import bpf_view, identity_view, output, status_view, svc_view, target
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -421,3 +422,19 @@ def test_status_table_fits_100_columns() -> None:
     assert nodes_table.count("services 250000/262144 95%") == 2
     assert nodes_table.count("rules 14/262144") == 2
     assert "lost 17" in nodes_table and "sandbox-node-1" in nodes_table
+
+
+def test_frontend_rows_show_inline_backends_or_slots() -> None:
+    state = LBMapState()
+    inline = (InlineBackend(3, "10.244.1.3", 8080), InlineBackend(4, "10.244.1.4", 8080))
+    state.frontends[ServiceKey("10.96.0.2", 80, 6)] = FrontendValue(2, 5, inline=inline)
+    state.frontends[ServiceKey("10.96.0.1", 53, 17)] = FrontendValue(9, 4)
+    rows = bpf_view.frontend_rows(state)
+    assert [(r["frontend"], r["picks_from"]) for r in rows] == [
+        ("10.96.0.1:53/UDP", "slots"),
+        ("10.96.0.2:80/TCP", "10.244.1.3:8080 10.244.1.4:8080"),
+    ]
+    assert rows[1]["inline"] == [
+        {"backend_id": 3, "backend": "10.244.1.3:8080"},
+        {"backend_id": 4, "backend": "10.244.1.4:8080"},
+    ]

@@ -241,7 +241,7 @@ async def test_one_trace_per_change_across_processes(
             and s.attributes.get("weir.loop") != "policy"  # the policy loop reads slices too
         ]
         touched = {m for s in mine for m in s.attributes.get("weir.maps_touched", [])}
-        assert touched == {"backends", "revnat", "services"}, (node, touched)
+        assert touched == {"backends", "frontends", "revnat", "services"}, (node, touched)
         assert sum(s.attributes.get("weir.entries_written", 0) for s in mine) >= 3
         for eps_span in (s for s in mine if s in eps_trace.spans):
             if eps_span.attributes.get("weir.entries_written"):  # applied after/with the Service
