@@ -20,7 +20,18 @@
  *                  miss. Derived from lb4_services/lb4_backends by the control plane (written
  *                  after the master, deleted before it) and rebuilt by the loader before attach.
  *   lb4_affinity   {client netns cookie, rev_nat_id} -> {backend_id, slot, last_used}   (LRU)
- *   lb4_sk_revnat  {socket cookie, backend ip, backend port} -> {vip, port, rev_nat_id} (LRU)
+ *   lb4_sk_peer    array of LB4_SK_PEER_MAX slots, slot = socket cookie & (LB4_SK_PEER_MAX - 1):
+ *                  {owner cookie, backend ip, backend port, vip, port, rev_nat_id}. The reverse
+ *                  NAT of a *connected* socket (TCP, connected UDP: one peer per socket). A slot
+ *                  is owned by the socket whose cookie it holds (0 = free): connect4 claims it
+ *                  with a compare-and-swap, sock4_release frees it when the socket closes, so a
+ *                  slot lives exactly as long as its socket. Why an array: its lookup is inlined
+ *                  and the kernel hands cookies out per CPU in batches, so consecutive sockets
+ *                  write adjacent, cache-hot slots (an LRU insert pops a cold node, takes locks
+ *                  and touches a cold bucket: half of connect4's cost at 100k services). A
+ *                  socket whose slot is owned by another live socket falls back to lb4_sk_revnat.
+ *   lb4_sk_revnat  {socket cookie, backend ip, backend port} -> {vip, port, rev_nat_id} (LRU):
+ *                  unconnected UDP (sendmsg4: many peers per socket) and the ring's fallback.
  *   lb4_counters   per-CPU counters, indexed by enum lb4_counter
  *   lb4_service_ranges  LPM trie {prefixlen, addr} -> u8: the service CIDR(s). A connect or
  *                  sendmsg to an address inside a range that has no lb4_services entry (a deleted
@@ -38,15 +49,18 @@
  * sizes Python verifies can never silently differ from the sizes compiled in):
  *   PIN_DIR            bpffs directory holding the pins, e.g. "/sys/fs/bpf/weir/node-1/v1"
  *   LB4_SERVICES_MAX, LB4_BACKENDS_MAX, LB4_REVNAT_MAX, LB4_AFFINITY_MAX, LB4_SK_REVNAT_MAX,
- *   LB4_SERVICE_RANGES_MAX
+ *   LB4_SERVICE_RANGES_MAX, LB4_SK_PEER_MAX (a power of two: the slot is a mask of the cookie)
  */
 #ifndef WEIR_LB4_MAPS_H
 #define WEIR_LB4_MAPS_H
 
 #if !defined(PIN_DIR) || !defined(LB4_SERVICES_MAX) || !defined(LB4_BACKENDS_MAX) || \
 	!defined(LB4_REVNAT_MAX) || !defined(LB4_AFFINITY_MAX) || !defined(LB4_SK_REVNAT_MAX) || \
-	!defined(LB4_SERVICE_RANGES_MAX)
+	!defined(LB4_SERVICE_RANGES_MAX) || !defined(LB4_SK_PEER_MAX)
 #error "PIN_DIR and LB4_*_MAX must be passed as -D flags (see services/datapath/loader.py)"
+#endif
+#if LB4_SK_PEER_MAX <= 0 || (LB4_SK_PEER_MAX & (LB4_SK_PEER_MAX - 1)) != 0
+#error "LB4_SK_PEER_MAX must be a power of two (the slot is cookie & (LB4_SK_PEER_MAX - 1))"
 #endif
 
 /* ServiceFlags in services/datapath/lbmap.py */
@@ -139,6 +153,17 @@ struct ipv4_revnat_entry {
 	__u32 rev_nat_index;
 };
 
+/* One slot of lb4_sk_peer: 32 bytes, two slots per cache line. */
+struct lb4_sk_peer {
+	__u64 cookie;           /* the owning socket's cookie; 0 = free */
+	__be32 backend_address; /* the backend the socket was connected to */
+	__be16 backend_port;
+	__be16 port;            /* service port to show instead */
+	__be32 address;         /* service VIP to show instead */
+	__u32 rev_nat_index;    /* checked against lb4_revnat: a changed service shows the backend */
+	__u64 pad;
+};
+
 struct lb4_range_key {
 	__u32 prefixlen;  /* LPM: 0..32 bits of address that must match */
 	__be32 address;
@@ -170,6 +195,8 @@ BPF_TABLE_PINNED("lru_hash", struct lb4_affinity_key, struct lb4_affinity_val, l
 		 LB4_AFFINITY_MAX, MAP_PIN("lb4_affinity"));
 BPF_TABLE_PINNED("lru_hash", struct ipv4_revnat_tuple, struct ipv4_revnat_entry, lb4_sk_revnat,
 		 LB4_SK_REVNAT_MAX, MAP_PIN("lb4_sk_revnat"));
+BPF_TABLE_PINNED("array", __u32, struct lb4_sk_peer, lb4_sk_peer, LB4_SK_PEER_MAX,
+		 MAP_PIN("lb4_sk_peer"));
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, lb4_counters, CNT_MAX, MAP_PIN("lb4_counters"));
 /* LPM tries require BPF_F_NO_PREALLOC */
 BPF_TABLE_PINNED("lpm_trie", struct lb4_range_key, __u8, lb4_service_ranges,

@@ -11,11 +11,18 @@
  *   sendmsg4     unconnected UDP sendto(VIP): the same translation per datagram
  *   recvmsg4     UDP replies: the backend source address is shown as the VIP again
  *   getpeername4 the peer of a translated socket is shown as the VIP
+ *   sock4_release (cgroup sock, inet_release): frees the closing socket's lb4_sk_peer slot
  *
- * The reverse direction works through lb4_sk_revnat, keyed by the socket cookie and the backend
- * the socket was sent to (Cilium's lb4_reverse_sk): written on every forward translation, read by
- * recvmsg4/getpeername4, and checked against lb4_revnat so a deleted or changed service never
- * shows a stale VIP.
+ * The reverse direction: a connected socket (TCP, connected UDP) has one peer, kept in its slot
+ * of the lb4_sk_peer ring (slot = cookie & (LB4_SK_PEER_MAX - 1)), which connect4 claims with a
+ * compare-and-swap of cookie 0 -> its cookie and sock4_release frees: an inlined array write
+ * instead of an LRU insert (half of connect4's cost at 100k services), and an entry lives
+ * exactly as long as its socket, so churn of short connections can never evict a long-lived
+ * socket's entry. When the slot is owned by another live socket, and for unconnected UDP
+ * (sendmsg4: many peers per socket), the entry goes to lb4_sk_revnat (an LRU keyed by the socket
+ * cookie and the backend, Cilium's lb4_reverse_sk). recvmsg4/getpeername4 read the ring slot,
+ * else the LRU, and check the entry against lb4_revnat so a deleted or changed service never
+ * shows a stale VIP (the peer is then shown as the backend it really is).
  *
  * Backend choice: the control plane writes only the backends to use (active ones, or the
  * terminating ones when none is active) into slots 1..count, so the datapath picks a random slot.
@@ -36,6 +43,10 @@
 
 #ifndef ECONNREFUSED
 #define ECONNREFUSED 111
+#endif
+
+#ifndef AF_INET
+#define AF_INET 2
 #endif
 
 #define SYS_PROCEED 1 /* cgroup sock_addr: let the syscall go on */
@@ -112,8 +123,40 @@ static __always_inline struct lb4_backend *affinity_backend(struct lb4_key *key,
 	return backend;
 }
 
-/* Forward translation shared by connect4 and sendmsg4. */
-static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 proto)
+/* The socket's slot in lb4_sk_peer (NULL only if the verifier's bound check could fail). */
+static __always_inline struct lb4_sk_peer *sk_peer_slot(__u64 cookie)
+{
+	__u32 idx = (__u32)cookie & (LB4_SK_PEER_MAX - 1);
+
+	return lb4_sk_peer.lookup(&idx);
+}
+
+/* Record a connected socket's peer in its ring slot: claim the slot if it is free (cookie 0 ->
+ * ours, atomically: two sockets of one slot may connect at once on two CPUs), overwrite it if it
+ * is already ours (the same socket connecting again). Returns 0 when another live socket owns
+ * the slot: the caller falls back to the LRU. */
+static __always_inline int sk_peer_claim(__u64 cookie, __be32 be_address, __be16 be_port,
+					 __be32 vip, __be16 vport, __u32 rev_nat)
+{
+	struct lb4_sk_peer *peer = sk_peer_slot(cookie);
+	__u64 owner;
+
+	if (!peer)
+		return 0;
+	owner = __sync_val_compare_and_swap(&peer->cookie, 0, cookie);
+	if (owner != 0 && owner != cookie)
+		return 0;
+	peer->backend_address = be_address;
+	peer->backend_port = be_port;
+	peer->address = vip;
+	peer->port = vport;
+	peer->rev_nat_index = rev_nat;
+	return 1;
+}
+
+/* Forward translation shared by connect4 (connected: one peer per socket, recorded in the
+ * socket's lb4_sk_peer slot) and sendmsg4 (unconnected UDP: recorded in the LRU). */
+static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 proto, int connected)
 {
 	struct lb4_key key = {};
 	struct lb4_frontend *fe;
@@ -123,7 +166,7 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 proto
 	__u32 rev_nat;
 	__u16 count, slot = 0;
 	__u8 flags, n_inline;
-	__u64 now = 0;
+	__u64 now = 0, cookie;
 	__be32 vip = ctx->user_ip4, be_address;
 	__be16 vport = (__be16)ctx->user_port, be_port;
 	int i;
@@ -194,10 +237,11 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 proto
 	be_port = backend->port;
 
 translate:
-	{
-		/* Remember the service for this socket so replies and getpeername() show the VIP. */
+	/* Remember the service for this socket so replies and getpeername() show the VIP. */
+	cookie = sock_cookie(ctx);
+	if (!connected || !sk_peer_claim(cookie, be_address, be_port, vip, vport, rev_nat)) {
 		struct ipv4_revnat_tuple rkey = {
-			.cookie = sock_cookie(ctx),
+			.cookie = cookie,
 			.address = be_address,
 			.port = be_port,
 		};
@@ -222,7 +266,9 @@ refuse:
 	return SYS_REJECT;
 }
 
-/* Reverse translation shared by recvmsg4 and getpeername4: backend -> VIP. */
+/* Reverse translation shared by recvmsg4 and getpeername4: backend -> VIP. The socket's ring
+ * slot first (it is ours while the socket lives: no other socket can take it before our
+ * release), else the LRU. */
 static __always_inline void sock4_xlate_rev(struct bpf_sock_addr *ctx)
 {
 	struct ipv4_revnat_tuple rkey = {
@@ -230,22 +276,40 @@ static __always_inline void sock4_xlate_rev(struct bpf_sock_addr *ctx)
 		.address = ctx->user_ip4,
 		.port = (__be16)ctx->user_port,
 	};
-	struct ipv4_revnat_entry *rval = lb4_sk_revnat.lookup(&rkey);
+	struct lb4_sk_peer *peer = sk_peer_slot(rkey.cookie);
+	struct ipv4_revnat_entry *rval;
 	struct lb4_reverse_nat *rnat;
+	__be32 vip;
+	__be16 vport;
 	__u32 rev_nat;
+	int in_ring = 0;
 
-	if (!rval)
-		return;
-	rev_nat = rval->rev_nat_index;
+	if (peer && peer->cookie == rkey.cookie && peer->backend_address == rkey.address &&
+	    peer->backend_port == rkey.port) {
+		vip = peer->address;
+		vport = peer->port;
+		rev_nat = peer->rev_nat_index;
+		in_ring = 1;
+	} else {
+		rval = lb4_sk_revnat.lookup(&rkey);
+		if (!rval)
+			return;
+		vip = rval->address;
+		vport = rval->port;
+		rev_nat = rval->rev_nat_index;
+	}
 	rnat = lb4_revnat.lookup(&rev_nat);
-	if (!rnat || rnat->address != rval->address || rnat->port != rval->port) {
-		/* The service was deleted or changed since the socket was translated. */
-		lb4_sk_revnat.delete(&rkey);
+	if (!rnat || rnat->address != vip || rnat->port != vport) {
+		/* The service was deleted or changed since the socket was translated: show the
+		 * backend. A stale LRU entry is dropped; a stale ring slot stays until the socket's
+		 * release frees it (the slot is the socket's either way). */
+		if (!in_ring)
+			lb4_sk_revnat.delete(&rkey);
 		count_event(CNT_REVNAT_STALE);
 		return;
 	}
-	ctx->user_ip4 = rval->address;
-	ctx->user_port = (__u32)rval->port;
+	ctx->user_ip4 = vip;
+	ctx->user_port = (__u32)vport;
 	count_event(CNT_REVNAT_HIT);
 }
 
@@ -255,12 +319,12 @@ int sock4_connect(struct bpf_sock_addr *ctx)
 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return SYS_PROCEED;
-	return sock4_xlate_fwd(ctx, (__u8)proto);
+	return sock4_xlate_fwd(ctx, (__u8)proto, 1);
 }
 
 int sock4_sendmsg(struct bpf_sock_addr *ctx)
 {
-	return sock4_xlate_fwd(ctx, IPPROTO_UDP);
+	return sock4_xlate_fwd(ctx, IPPROTO_UDP, 0);
 }
 
 int sock4_recvmsg(struct bpf_sock_addr *ctx)
@@ -272,5 +336,22 @@ int sock4_recvmsg(struct bpf_sock_addr *ctx)
 int sock4_getpeername(struct bpf_sock_addr *ctx)
 {
 	sock4_xlate_rev(ctx);
+	return SYS_PROCEED;
+}
+
+/* BPF_CGROUP_INET_SOCK_RELEASE: runs in inet_release for every inet socket of the cgroup that
+ * closes. Frees the socket's lb4_sk_peer slot if it holds it (compare-and-swap cookie -> 0, so
+ * a slot another socket holds is never touched). */
+int sock4_release(struct bpf_sock *ctx)
+{
+	struct lb4_sk_peer *peer;
+	__u64 cookie;
+
+	if (ctx->family != AF_INET)
+		return SYS_PROCEED;
+	cookie = sock_cookie(ctx);
+	peer = sk_peer_slot(cookie);
+	if (peer && peer->cookie == cookie)
+		__sync_val_compare_and_swap(&peer->cookie, cookie, 0);
 	return SYS_PROCEED;
 }

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from services.datapath.bpfsys import (
     BPF_F_NO_PREALLOC,
+    MAP_TYPE_ARRAY,
     MAP_TYPE_HASH,
     MAP_TYPE_LPM_TRIE,
     MAP_TYPE_LRU_HASH,
@@ -127,6 +128,20 @@ class Ipv4RevnatEntry(ctypes.Structure):
     ]
 
 
+class Lb4SkPeer(ctypes.Structure):
+    """One slot of the lb4_sk_peer ring: a connected socket's reverse NAT (cookie 0 = free)."""
+
+    _fields_ = [
+        ("cookie", ctypes.c_uint64),
+        ("backend_address", ctypes.c_uint32),
+        ("backend_port", ctypes.c_uint16),
+        ("port", ctypes.c_uint16),
+        ("address", ctypes.c_uint32),
+        ("rev_nat_index", ctypes.c_uint32),
+        ("pad", ctypes.c_uint64),
+    ]
+
+
 # enum lb4_counter in bpf/lb4_maps.h, in order
 COUNTERS = (
     "translated",
@@ -143,23 +158,34 @@ COUNTERS = (
 MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT = "services", "backends", "revnat"
 MAP_FRONTENDS = "frontends"
 MAP_AFFINITY, MAP_SK_REVNAT, MAP_COUNTERS = "affinity", "sk_revnat", "counters"
+MAP_SK_PEER = "sk_peer"
 
 
 @dataclass(frozen=True, slots=True)
 class MapCapacities:
-    """max_entries per map; compiled in as -D flags and verified against existing pins."""
+    """max_entries per map; compiled in as -D flags and verified against existing pins.
+
+    ``sk_peer`` (the connected sockets' reverse-NAT ring, 32 bytes a slot, always allocated:
+    8 MiB at the default) must be a power of two: a socket's slot is its cookie masked. It is
+    the last field because callers construct this positionally."""
 
     services: int = 262144
     backends: int = 131072
     revnat: int = 65536
     affinity: int = 65536
     sk_revnat: int = 65536
+    sk_peer: int = 262144
 
     def __post_init__(self) -> None:
-        for name in ("services", "backends", "revnat", "affinity", "sk_revnat"):
+        for name in ("services", "backends", "revnat", "affinity", "sk_revnat", "sk_peer"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= 1 << 24:
                 raise ValueError(f"MapCapacities.{name}: {value!r} is not in 1..{1 << 24}")
+        if self.sk_peer & (self.sk_peer - 1):
+            raise ValueError(
+                f"MapCapacities.sk_peer: {self.sk_peer!r} is not a power of two "
+                "(a socket's slot is its cookie & (sk_peer - 1))"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +213,9 @@ def map_specs(cap: MapCapacities) -> tuple[MapSpec, ...]:
         MapSpec(MAP_AFFINITY, "lb4_affinity", lru, Lb4AffinityKey, Lb4AffinityVal, cap.affinity, 0),
         MapSpec(
             MAP_SK_REVNAT, "lb4_sk_revnat", lru, Ipv4RevnatTuple, Ipv4RevnatEntry, cap.sk_revnat, 0
+        ),
+        MapSpec(
+            MAP_SK_PEER, "lb4_sk_peer", MAP_TYPE_ARRAY, ctypes.c_uint32, Lb4SkPeer, cap.sk_peer, 0
         ),
         MapSpec(
             MAP_COUNTERS,

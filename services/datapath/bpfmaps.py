@@ -28,6 +28,8 @@ from services.datapath.bpflayout import (
     MAP_FRONTENDS,
     MAP_REVNAT,
     MAP_SERVICES,
+    MAP_SK_PEER,
+    Lb4SkPeer,
     MapCapacities,
     MapSpec,
     Packed,
@@ -61,7 +63,9 @@ CHUNK = 4096  # entries per batch syscall
 _FULL = (errno.E2BIG, errno.ENOSPC)
 _NO_BATCH = (errno.EINVAL, errno.ENOTSUPP if hasattr(errno, "ENOTSUPP") else 524, errno.EOPNOTSUPP)
 T = TypeVar("T")
-_NOT_FILLED = (MAP_COUNTERS, MAP_SERVICE_RANGES)  # not written by the control plane
+# not written by the control plane: the counters, the install-time ranges, and the ring of
+# connected sockets' peers (an array: every slot always exists, so a walk would count them all)
+_NOT_FILLED = (MAP_COUNTERS, MAP_SERVICE_RANGES, MAP_SK_PEER)
 
 
 def possible_cpus() -> int:
@@ -342,7 +346,8 @@ class BpfLBMap(PinnedMaps):
         return state
 
     def fill(self) -> dict[str, tuple[int, int]]:
-        """The maps the control plane writes (not the counters, not the install-time ranges)."""
+        """The maps the control plane writes (not the counters, the install-time ranges or the
+        sockets' peer ring)."""
         return {
             name: (sum(1 for _ in m.views()), m.max_entries)
             for name, m in self.maps.items()
@@ -360,6 +365,15 @@ class BpfLBMap(PinnedMaps):
     def counters(self) -> dict[str, int]:
         """The per-CPU event counters of bpf/sock_lb.c, summed over CPUs."""
         return percpu_counters(self.maps[MAP_COUNTERS], COUNTERS)
+
+    def sk_peers(self) -> list[tuple[int, Lb4SkPeer]]:
+        """The occupied slots of the connected sockets' peer ring (cookie != 0), by slot: one
+        batched pass over the whole array (every slot exists), copying only the occupied."""
+        return [
+            (int(slot), Lb4SkPeer.from_buffer_copy(peer))
+            for slot, peer in self.maps[MAP_SK_PEER].views()
+            if peer.cookie
+        ]
 
     def service_ranges(self) -> list[ipaddress.IPv4Network]:
         """The service CIDRs whose unknown addresses the programs refuse, sorted."""

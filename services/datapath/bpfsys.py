@@ -42,6 +42,7 @@ _RUN_TIME_NS_OFFSET = 192  # offsetof(struct bpf_prog_info, run_time_ns); run_cn
 
 # enum bpf_map_type (the ones Weir uses)
 MAP_TYPE_HASH = 1
+MAP_TYPE_ARRAY = 2
 MAP_TYPE_PERCPU_ARRAY = 6
 MAP_TYPE_LRU_HASH = 9
 MAP_TYPE_LPM_TRIE = 11

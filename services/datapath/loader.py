@@ -12,6 +12,10 @@ Why it is shaped this way:
   its freshly loaded program with BPF_LINK_UPDATE, which is atomic: the hook is never empty, so
   connects never fail during a restart and nothing is attached twice. ``close()`` therefore only
   drops this process's handles; ``detach()`` is the explicit "remove Weir from this cgroup".
+  Beside the four sock_addr programs, ``sock4_release`` (a cgroup sock program at
+  BPF_CGROUP_INET_SOCK_RELEASE) frees a closing socket's ``lb4_sk_peer`` slot; it is attached
+  first and detached last (see :data:`PROGRAMS`), and pins of a version without it just get its
+  link created.
 * Settings reach the C code only as -D flags (pin directory and map sizes). The service CIDR(s)
   (``lb4_service_ranges``: unknown addresses there are refused with ECONNREFUSED) are data, not
   code: install writes them into the pinned map, replacing what a previous install wrote.
@@ -70,14 +74,20 @@ DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/weir")
 DEFAULT_VERSION = "v1"
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 
-# (function in sock_lb.c, bpf_attach_type, short name used for the link pin)
+PROG_TYPE_CGROUP_SOCK = 9  # ctx struct bpf_sock
+PROG_TYPE_CGROUP_SOCK_ADDR = 18  # ctx struct bpf_sock_addr
+RELEASE = "sock_release"
+# (function in sock_lb.c, bpf_prog_type, bpf_attach_type, short name used for the link pin).
+# The release program comes first: attach() goes in this order, so it is in place before a
+# connect4 that claims lb4_sk_peer slots (a socket closing without it would keep its slot), and
+# detach_links() removes it last.
 PROGRAMS = (
-    ("sock4_connect", 10, "connect4"),  # BPF_CGROUP_INET4_CONNECT
-    ("sock4_sendmsg", 14, "sendmsg4"),  # BPF_CGROUP_UDP4_SENDMSG
-    ("sock4_recvmsg", 19, "recvmsg4"),  # BPF_CGROUP_UDP4_RECVMSG
-    ("sock4_getpeername", 29, "getpeername4"),  # BPF_CGROUP_INET4_GETPEERNAME
+    ("sock4_release", PROG_TYPE_CGROUP_SOCK, 34, RELEASE),  # BPF_CGROUP_INET_SOCK_RELEASE
+    ("sock4_connect", PROG_TYPE_CGROUP_SOCK_ADDR, 10, "connect4"),  # BPF_CGROUP_INET4_CONNECT
+    ("sock4_sendmsg", PROG_TYPE_CGROUP_SOCK_ADDR, 14, "sendmsg4"),  # BPF_CGROUP_UDP4_SENDMSG
+    ("sock4_recvmsg", PROG_TYPE_CGROUP_SOCK_ADDR, 19, "recvmsg4"),  # BPF_CGROUP_UDP4_RECVMSG
+    ("sock4_getpeername", PROG_TYPE_CGROUP_SOCK_ADDR, 29, "getpeername4"),  # ..._GETPEERNAME
 )
-PROG_TYPE_CGROUP_SOCK_ADDR = 18
 
 
 class PinMismatchError(Exception):
@@ -254,6 +264,7 @@ class SockLB(BccPrograms):
             f"-DLB4_AFFINITY_MAX={c.affinity}",
             f"-DLB4_SK_REVNAT_MAX={c.sk_revnat}",
             f"-DLB4_SERVICE_RANGES_MAX={SERVICE_RANGES_MAX}",
+            f"-DLB4_SK_PEER_MAX={c.sk_peer}",
         ]
 
     def load(self) -> None:
@@ -268,10 +279,8 @@ class SockLB(BccPrograms):
             self._bpf = bcc.BPF(
                 src_file=str(self.bpf_dir / "sock_lb.c").encode(), cflags=self.cflags()
             )
-            for func, attach_type, short in PROGRAMS:
-                fn = self._bpf.load_func(
-                    func.encode(), PROG_TYPE_CGROUP_SOCK_ADDR, attach_type=attach_type
-                )
+            for func, prog_type, attach_type, short in PROGRAMS:
+                fn = self._bpf.load_func(func.encode(), prog_type, attach_type=attach_type)
                 self._progs[short] = fn.fd
         except Exception as exc:  # bcc raises bare Exception
             self.close()
@@ -294,14 +303,16 @@ class SockLB(BccPrograms):
         return self.links_dir / f"cg{cgroup_id}_{short}"
 
     def attach(self, cgroup: Path) -> None:
-        """Attach (or atomically re-point) the four programs on a cgroup v2 directory."""
+        """Attach (or atomically re-point) the five programs on a cgroup v2 directory, in
+        :data:`PROGRAMS` order (release first). Pins of an older version without a link for
+        one of them (the release program) get it created."""
         if not self._progs:
             raise LoadError("SockLB.attach: call load() first")
         cgroup_id = os.stat(cgroup).st_ino  # cgroup v2: the id is the directory's inode
         self.links_dir.mkdir(parents=True, exist_ok=True)
         cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            for _func, attach_type, short in PROGRAMS:
+            for _func, _prog_type, attach_type, short in PROGRAMS:
                 self._attach_one(cg_fd, cgroup_id, attach_type, short)
         finally:
             os.close(cg_fd)
@@ -333,9 +344,11 @@ class SockLB(BccPrograms):
 
 
 def detach_links(links_dir: Path, prefix: str = "cg") -> None:
+    """Detach and unpin the links whose pin names start with ``prefix``; the release program's
+    last, so no socket that connect4 gave an lb4_sk_peer slot closes without it."""
     if not links_dir.is_dir():
         return
-    for pin in sorted(links_dir.iterdir()):
+    for pin in sorted(links_dir.iterdir(), key=lambda p: (p.name.endswith(f"_{RELEASE}"), p.name)):
         if not pin.name.startswith(prefix):
             continue
         link_fd = bpfsys.obj_get(pin)

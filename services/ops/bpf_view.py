@@ -2,10 +2,11 @@
 
 Why rows and not :func:`services.datapath.render.render`: the canonical render is made for golden
 diffs (one text line per entry); an operator also wants JSON with named fields to feed ``jq``,
-and the two LRU maps (session affinity, socket reverse NAT) that the LB layer never reads.
-Services, backends and reverse NAT come from the LB layer's own decoded dump
-(:class:`LBMapState`), so this module adds no second decoder for them; only the two LRU maps are
-decoded here, from the ctypes mirrors in :mod:`services.datapath.bpflayout`.
+and the maps the datapath writes itself (session affinity, socket reverse NAT, the connected
+sockets' peer ring) that the LB layer never reads. Services, backends and reverse NAT come from
+the LB layer's own decoded dump (:class:`LBMapState`), so this module adds no second decoder for
+them; only the datapath-written maps are decoded here, from the ctypes mirrors in
+:mod:`services.datapath.bpflayout`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from services.datapath.bpflayout import (
     Ipv4RevnatTuple,
     Lb4AffinityKey,
     Lb4AffinityVal,
+    Lb4SkPeer,
 )
 from services.datapath.frontend import PROTO_NAMES, Frontend
 from services.datapath.lbmap import BackendState, LBMapState, ServiceFlags
@@ -33,6 +35,7 @@ class MapName(StrEnum):
     REVNAT = "revnat"
     AFFINITY = "affinity"
     SK_REVNAT = "sk_revnat"
+    SK_PEER = "sk_peer"
     COUNTERS = "counters"
     SERVICE_RANGES = "service_ranges"
     # the policy program's maps (bpf/policy.c)
@@ -153,6 +156,22 @@ def sk_revnat_rows(
     return sorted(rows, key=lambda r: (r["socket_cookie"], r["backend"]))
 
 
+def sk_peer_rows(slots: Iterable[tuple[int, Lb4SkPeer]]) -> list[dict[str, Any]]:
+    """The connected sockets' peers: occupied ring slots only (cookie 0 is a free slot)."""
+    rows = [
+        {
+            "slot": slot,
+            "socket_cookie": p.cookie,
+            "backend": f"{_ip(p.backend_address)}:{socket.ntohs(p.backend_port)}",
+            "frontend": f"{_ip(p.address)}:{socket.ntohs(p.port)}",
+            "rev_nat_id": p.rev_nat_index,
+        }
+        for slot, p in slots
+        if p.cookie
+    ]
+    return sorted(rows, key=lambda r: r["slot"])
+
+
 def counter_rows(counters: Mapping[str, int]) -> list[dict[str, Any]]:
     return [{"counter": name, "value": value} for name, value in counters.items()]
 
@@ -191,6 +210,13 @@ COLUMNS: dict[MapName, list[Column]] = {
         Column("last_used_ns", "LAST USED (ns)", "right"),
     ],
     MapName.SK_REVNAT: [
+        Column("socket_cookie", "SOCKET COOKIE", "right"),
+        Column("backend", "BACKEND"),
+        Column("frontend", "SHOWN AS"),
+        Column("rev_nat_id", "REVNAT", "right"),
+    ],
+    MapName.SK_PEER: [
+        Column("slot", "SLOT", "right"),
         Column("socket_cookie", "SOCKET COOKIE", "right"),
         Column("backend", "BACKEND"),
         Column("frontend", "SHOWN AS"),

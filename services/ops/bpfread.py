@@ -82,6 +82,8 @@ def _rows(maps: BpfLBMap, name: MapName) -> list[dict[str, Any]]:
         return bpf_view.affinity_rows(maps.maps[MAP_AFFINITY].items())
     if name is MapName.SK_REVNAT:
         return bpf_view.sk_revnat_rows(maps.maps[MAP_SK_REVNAT].items())
+    if name is MapName.SK_PEER:
+        return bpf_view.sk_peer_rows(maps.sk_peers())
     state = maps.dump()
     if name is MapName.FRONTENDS:
         return bpf_view.frontend_rows(state)

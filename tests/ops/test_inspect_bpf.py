@@ -28,11 +28,13 @@ from services.datapath.bpflayout import (
     COUNTERS,
     MAP_AFFINITY,
     MAP_COUNTERS,
+    MAP_SK_PEER,
     MAP_SK_REVNAT,
     Ipv4RevnatEntry,
     Ipv4RevnatTuple,
     Lb4AffinityKey,
     Lb4AffinityVal,
+    Lb4SkPeer,
     MapCapacities,
 )
 from services.datapath.bpfmaps import BpfLBMap, possible_cpus
@@ -70,7 +72,7 @@ from services.datapath.policymap import (
 from tests.conftest import unique_name
 
 pytestmark = pytest.mark.bpf
-SMALL = MapCapacities(services=64, backends=32, revnat=16, affinity=16, sk_revnat=16)
+SMALL = MapCapacities(services=64, backends=32, revnat=16, affinity=16, sk_revnat=16, sk_peer=16)
 SMALL_POLICY = PolicyCapacities(endpoints=16, ipcache=64, rules=64, ct=32, events_bytes=4096)
 runner = CliRunner()
 
@@ -129,6 +131,19 @@ def fill(maps: BpfLBMap) -> None:
     rkey = Ipv4RevnatTuple(cookie=99, address=_ip("10.244.1.5"), port=socket.htons(8080))
     rval = Ipv4RevnatEntry(address=_ip(vip), port=socket.htons(80), rev_nat_index=7)
     bpfsys.map_update(skr, rkey, rval)
+    ring = maps.maps[MAP_SK_PEER].fd
+    for cookie, backend in ((4099, "10.244.2.7"), (4109, "10.244.1.5")):  # slots 3 and 13
+        peer = Lb4SkPeer(
+            cookie=cookie,
+            backend_address=_ip(backend),
+            backend_port=socket.htons(8080),
+            address=_ip(vip),
+            port=socket.htons(80),
+            rev_nat_index=7,
+        )
+        bpfsys.map_update(ring, ctypes.c_uint32(cookie & (SMALL.sk_peer - 1)), peer)
+    # a freed slot keeps its old fields with cookie 0: not shown
+    bpfsys.map_update(ring, ctypes.c_uint32(5), Lb4SkPeer(cookie=0, rev_nat_index=7))
     ncpu = possible_cpus()
     per_cpu = (ctypes.c_uint64 * ncpu)(*([3] + [1] * (ncpu - 1)))  # translated: 3 + (ncpu-1)
     bpfsys.map_update(maps.maps[MAP_COUNTERS].fd, ctypes.c_uint32(0), per_cpu)
@@ -228,6 +243,36 @@ def test_backends_revnat_and_lru_maps(pin_base: Path) -> None:
     assert list(counters) == list(COUNTERS)
     assert counters["translated"] == 3 + possible_cpus() - 1
     assert counters["refused"] == 0
+
+
+def test_sk_peer_shows_occupied_slots_only(pin_base: Path) -> None:
+    doc = dump("sk_peer", "--node", "n1", "--pin-dir", str(pin_base))
+    assert doc["capacity"] == SMALL.sk_peer
+    assert doc["entries"] == [
+        {
+            "slot": 3,
+            "socket_cookie": 4099,
+            "backend": "10.244.2.7:8080",
+            "frontend": "10.96.0.10:80",
+            "rev_nat_id": 7,
+        },
+        {
+            "slot": 13,
+            "socket_cookie": 4109,
+            "backend": "10.244.1.5:8080",
+            "frontend": "10.96.0.10:80",
+            "rev_nat_id": 7,
+        },
+    ]
+    table = runner.invoke(
+        app, ["bpf", "dump", "sk_peer", "--node", "n1", "--pin-dir", str(pin_base)]
+    )
+    assert table.exit_code == 0, table.output
+    assert "SOCKET COOKIE" in table.output and "4109" in table.output
+    # every slot of the array exists: the fill the worker reports must not count the ring
+    with BpfLBMap(pin_base / "v1", SMALL) as maps:
+        assert "sk_peer" not in maps.fill()
+        assert "sk_peer" not in BpfLBMap.capacities(SMALL)
 
 
 def test_table_output(pin_base: Path) -> None:

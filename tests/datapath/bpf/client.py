@@ -7,6 +7,11 @@ Commands (argv[1]) print one JSON document on stdout:
 * ``udp VIP PORT N``: N unconnected sendto()/recvfrom(); the answer and the reply's source.
 * ``udpconn VIP PORT``: connect() a UDP socket, send, recv; getpeername().
 * ``loop VIP PORT SECONDS``: connect repeatedly for SECONDS; counts successes and failures.
+* ``hold MODE VIP PORT``: one socket kept open, driven from stdin (one JSON line per answer).
+  MODE ``tcp`` connects, ``udp`` connects, sends and recvfrom()s, ``udpsendto`` sendto()s and
+  recvfrom()s unconnected. First line: the socket cookie (SO_COOKIE), the backend's answer,
+  getpeername() (None unconnected) and the reply's source (UDP). Then per stdin line: ``peer``
+  prints getpeername() again, ``close`` closes the socket and prints ``{"closed": true}``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,42 @@ def udp_connected(vip: str, port: int) -> dict[str, object]:
         return {"backend": data.decode(), "peer": "{}:{}".format(*s.getpeername())}
 
 
+SO_COOKIE = 57  # Linux: the socket's cookie, what the BPF programs key their entries by
+
+
+def _addr(pair: tuple[str, int]) -> str:
+    return "{}:{}".format(*pair)
+
+
+def hold(mode: str, vip: str, port: int) -> None:
+    kind = socket.SOCK_STREAM if mode == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.settimeout(3)
+        cookie = int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), "little")
+        first: dict[str, object] = {"cookie": cookie, "peer": None, "source": None}
+        if mode == "tcp":
+            s.connect((vip, port))
+            first["backend"] = s.recv(64).decode()
+        elif mode == "udp":
+            s.connect((vip, port))
+            s.send(b"hi")
+            data, src = s.recvfrom(64)
+            first |= {"backend": data.decode(), "source": _addr(src)}
+        else:
+            s.sendto(b"hi", (vip, port))
+            data, src = s.recvfrom(64)
+            first |= {"backend": data.decode(), "source": _addr(src)}
+        if mode != "udpsendto":
+            first["peer"] = _addr(s.getpeername())
+        print(json.dumps(first), flush=True)
+        for line in sys.stdin:
+            if line.strip() == "peer":
+                print(json.dumps({"peer": _addr(s.getpeername())}), flush=True)
+            elif line.strip() == "close":
+                break
+    print(json.dumps({"closed": True}), flush=True)
+
+
 def loop(vip: str, port: int, seconds: float) -> dict[str, object]:
     ok, failed, errors = 0, 0, set()
     deadline = time.monotonic() + seconds
@@ -65,6 +106,9 @@ def loop(vip: str, port: int, seconds: float) -> dict[str, object]:
 
 
 def main(argv: list[str]) -> None:
+    if argv[0] == "hold":
+        hold(argv[1], argv[2], int(argv[3]))
+        return
     cmd, vip, port = argv[0], argv[1], int(argv[2])
     out: object
     if cmd == "tcp":

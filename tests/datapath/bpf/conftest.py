@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,7 +44,9 @@ CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
 BPFFS = Path("/sys/fs/bpf")
 BACKENDS = ("10.244.0.11", "10.244.0.12", "10.244.0.13")
 BACKEND_PORT = 8080
-SMALL = MapCapacities(services=1024, backends=1024, revnat=256, affinity=256, sk_revnat=1024)
+SMALL = MapCapacities(
+    services=1024, backends=1024, revnat=256, affinity=256, sk_revnat=1024, sk_peer=1024
+)
 
 pytestmark = pytest.mark.bpf
 
@@ -187,7 +190,7 @@ def attached(cgroup: Path) -> dict[str, list[int]]:
     """The ids of the programs attached to ``cgroup``, per attach point (short name)."""
     fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return {short: bpfsys.prog_query(fd, kind) for _f, kind, short in PROGRAMS}
+        return {short: bpfsys.prog_query(fd, kind) for _f, _type, kind, short in PROGRAMS}
     finally:
         os.close(fd)
 
@@ -210,6 +213,59 @@ def client_cmd(netns: str, cgroup: Path, *args: str) -> list[str]:
         script,
         *args,
     ]
+
+
+class HeldSocket:
+    """One socket of ``client.py hold`` in the netns and cgroup, kept open until close()."""
+
+    def __init__(self, netns: str, cgroup: Path, mode: str, vip: str, port: int) -> None:
+        cmd = client_cmd(netns, cgroup, "hold", mode, vip, str(port))
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        first = self._read()
+        self.cookie: int = first["cookie"]
+        self.backend: str = first["backend"]
+        self.first_peer: str | None = first["peer"]
+        self.source: str | None = first["source"]
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=10)
+            assert self.proc.stderr is not None
+            raise AssertionError(f"hold client failed: {self.proc.stderr.read()}")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def _ask(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def peer(self) -> str:
+        return str(self._ask("peer")["peer"])
+
+    def close(self) -> None:
+        """Close the socket; returns once the client has closed it (release has run)."""
+        assert self._ask("close") == {"closed": True}
+        self.proc.wait(timeout=10)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def held(netns: str, cgroup: Path, mode: str, vip: str, port: int) -> Iterator[HeldSocket]:
+    """A :class:`HeldSocket`, killed on exit if the test did not close it."""
+    sock = HeldSocket(netns, cgroup, mode, vip, port)
+    try:
+        yield sock
+    finally:
+        sock.kill()
 
 
 def run_client(netns: str, cgroup: Path, *args: str, timeout: float = 60) -> object:

@@ -85,14 +85,14 @@ def test_sigkill_and_restart_lose_no_connection(
                 w.wait(timeout=5)
 
     SockLB(pin_root, SMALL).detach(own_cgroup)
-    assert attached(own_cgroup) == {short: [] for _f, _k, short in PROGRAMS}
+    assert attached(own_cgroup) == {short: [] for *_rest, short in PROGRAMS}
     assert run_client(netns, own_cgroup, "tcp", VIP, "80", "1") == [{"error": "ENETUNREACH"}]
 
 
 def test_pinned_map_with_other_max_entries_is_refused(pin_root: Path) -> None:
     SockLB(pin_root, SMALL, version="mismatch").load()
     bigger = MapCapacities(SMALL.services * 2, SMALL.backends, SMALL.revnat, SMALL.affinity,
-                           SMALL.sk_revnat)  # fmt: skip
+                           SMALL.sk_revnat, SMALL.sk_peer)  # fmt: skip
     with pytest.raises(PinMismatchError) as info:
         SockLB(pin_root, bigger, version="mismatch").load()
     msg = str(info.value)

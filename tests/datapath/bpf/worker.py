@@ -22,7 +22,9 @@ from services.datapath.lbmap import (
 from services.datapath.loader import SockLB
 
 VIP, PORT, BACKENDS = "10.96.0.20", 80, ("10.244.0.11", "10.244.0.12")
-SMALL = MapCapacities(services=1024, backends=1024, revnat=256, affinity=256, sk_revnat=1024)
+SMALL = MapCapacities(
+    services=1024, backends=1024, revnat=256, affinity=256, sk_revnat=1024, sk_peer=1024
+)
 
 
 def main(pin_root: str, cgroup: str) -> None:
