@@ -154,6 +154,23 @@ static __always_inline int sk_peer_claim(__u64 cookie, __be32 be_address, __be16
 	return 1;
 }
 
+/* sendmsg4 to a backend that the socket's own ring slot names (a UDP socket that was connected,
+ * disconnected, and now sends to a service with that backend): the slot must show the service
+ * of this latest translation, as the LRU entry for {cookie, backend} does, or replies would be
+ * shown as coming from the earlier service (the ring is read before the LRU). */
+static __always_inline void sk_peer_follow(__u64 cookie, __be32 be_address, __be16 be_port,
+					   __be32 vip, __be16 vport, __u32 rev_nat)
+{
+	struct lb4_sk_peer *peer = sk_peer_slot(cookie);
+
+	if (!peer || peer->cookie != cookie || peer->backend_address != be_address ||
+	    peer->backend_port != be_port)
+		return;
+	peer->address = vip;
+	peer->port = vport;
+	peer->rev_nat_index = rev_nat;
+}
+
 /* Forward translation shared by connect4 (connected: one peer per socket, recorded in the
  * socket's lb4_sk_peer slot) and sendmsg4 (unconnected UDP: recorded in the LRU). */
 static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, __u8 proto, int connected)
@@ -251,6 +268,8 @@ translate:
 			.rev_nat_index = rev_nat,
 		};
 		lb4_sk_revnat.update(&rkey, &rval);
+		if (!connected)
+			sk_peer_follow(cookie, be_address, be_port, vip, vport, rev_nat);
 	}
 
 	ctx->user_ip4 = be_address;

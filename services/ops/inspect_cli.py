@@ -310,8 +310,8 @@ def bpf_dump_command(
         str,
         typer.Argument(
             metavar="MAP",
-            help="services | backends | revnat | affinity | sk_revnat | counters | "
-            "service_ranges | endpoints | ipcache | policy | ct | policy_counters",
+            help="frontends | services | backends | revnat | affinity | sk_peer | sk_revnat | "
+            "counters | service_ranges | endpoints | ipcache | policy | ct | policy_counters",
         ),
     ],
     node: Annotated[str, typer.Option("--node", envvar="WEIR_NODE", help="Node name.")],

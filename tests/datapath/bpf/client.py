@@ -16,6 +16,7 @@ Commands (argv[1]) print one JSON document on stdout:
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import socket
@@ -53,6 +54,22 @@ def udp_connected(vip: str, port: int) -> dict[str, object]:
         s.send(b"hi")
         data = s.recv(64)
         return {"backend": data.decode(), "peer": "{}:{}".format(*s.getpeername())}
+
+
+def udp_reconnected(vip: str, other: str, port: int) -> dict[str, object]:
+    """connect(vip) and talk, disconnect (connect to AF_UNSPEC), then sendto(other): the source
+    the second reply is shown with."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.connect((vip, port))
+        s.send(b"hi")
+        s.recv(64)
+        unspec = (ctypes.c_ubyte * 16)()  # struct sockaddr with sa_family 0 (AF_UNSPEC)
+        if ctypes.CDLL(None, use_errno=True).connect(s.fileno(), unspec, 16) != 0:
+            return {"error": errno.errorcode.get(ctypes.get_errno(), "disconnect failed")}
+        s.sendto(b"hi", (other, port))
+        data, src = s.recvfrom(64)
+        return {"backend": data.decode(), "source": "{}:{}".format(*src)}
 
 
 SO_COOKIE = 57  # Linux: the socket's cookie, what the BPF programs key their entries by
@@ -117,6 +134,8 @@ def main(argv: list[str]) -> None:
         out = [udp_once(vip, port) for _ in range(int(argv[3]))]
     elif cmd == "udpconn":
         out = udp_connected(vip, port)
+    elif cmd == "udpreconn":
+        out = udp_reconnected(vip, argv[3], port)
     elif cmd == "loop":
         out = loop(vip, port, float(argv[3]))
     else:

@@ -176,6 +176,18 @@ def test_unconnected_udp_keeps_using_the_lru(netns: str, cgroup: Path, lbmap: Bp
         sock.close()
 
 
+def test_a_disconnected_udp_socket_sending_to_another_service_sees_that_service(
+    netns: str, cgroup: Path, lbmap: BpfLBMap
+) -> None:
+    """connect(VIP) claims the slot; after a disconnect, sendto(OTHER) with the same backend must
+    show OTHER as the reply's source (sendmsg4 updates the slot it names), as the LRU alone did."""
+    other = "10.96.3.11"
+    program_service(lbmap, VIP, 55, [1], proto=PROTO_UDP, rev_nat_id=34)
+    program_service(lbmap, other, 55, [1], proto=PROTO_UDP, rev_nat_id=35)
+    got = run_client(netns, cgroup, "udpreconn", VIP, "55", other)
+    assert got == {"backend": f"{BACKENDS[0]}:{BACKEND_PORT}", "source": f"{other}:55"}
+
+
 def test_churn_never_takes_a_live_sockets_slot(netns: str, cgroup: Path, lbmap: BpfLBMap) -> None:
     """More short connections than the ring (and the LRU) has entries: each frees its slot on
     close, so the long-lived socket keeps its entry and the ring ends with only its slot."""
