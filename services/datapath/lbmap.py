@@ -112,7 +112,11 @@ class FrontendValue(NamedTuple):
 def inlinable(count: int, flags: ServiceFlags) -> bool:
     """Whether a frontend's backends go inline: 1..INLINE_BACKENDS_MAX of them and no session
     affinity (affinity remembers a slot and proves membership through the slots map)."""
-    return 0 < count <= INLINE_BACKENDS_MAX and not flags & ServiceFlags.SESSION_AFFINITY
+    # int.__and__: the IntFlag operator builds a new flag object in Python, once per frontend
+    return 0 < count <= INLINE_BACKENDS_MAX and not int.__and__(flags, _AFFINITY)
+
+
+_AFFINITY = int(ServiceFlags.SESSION_AFFINITY)
 
 
 def frontend_value(

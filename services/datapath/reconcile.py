@@ -166,8 +166,7 @@ def plan(
             inline: tuple[InlineBackend, ...] = ()
             if inlinable(count, flags):  # the slots' backends, in slot order (ascending ids)
                 inline = tuple(
-                    new(InlineBackend, (bid, want_backends[bid][0], want_backends[bid][1]))
-                    for bid in sorted(ids)
+                    [new(InlineBackend, (b, *want_backends[b][:2])) for b in sorted(ids)]
                 )
             entry = new(FrontendValue, (count, rid, flags, spec[2], inline))
             if frontends_get(fe) != entry:
