@@ -460,10 +460,12 @@ _U32 = struct.Struct("<I")
 # Lb4Frontend: the head, then INLINE_BACKENDS_MAX Lb4InlineBackend (address as bytes, as above);
 # the inline slots past n_inline stay zero (the value buffer starts zeroed)
 _FRONTEND_HEAD = struct.Struct("<IHBBI4x")
+_KEY_BYTES = struct.Struct("<4sHHB3x")  # Lb4Key with the address as its 4 network-order bytes
 _INLINE = struct.Struct("<4sH2xI")
 for _fmt, _ctype in ((_KEY, Lb4Key), (_SERVICE, Lb4Service), (_BACKEND, Lb4Backend),
                      (_BACKEND_BYTES, Lb4Backend), (_REVNAT, Lb4ReverseNat),
-                     (_U32, ctypes.c_uint32), (_INLINE, Lb4InlineBackend)):  # fmt: skip
+                     (_U32, ctypes.c_uint32), (_INLINE, Lb4InlineBackend),
+                     (_KEY_BYTES, Lb4Key)):  # fmt: skip
     assert _fmt.size == ctypes.sizeof(_ctype), (_fmt.format, _ctype)
 assert Lb4Frontend.backends.offset == _FRONTEND_HEAD.size
 assert _FRONTEND_HEAD.size + INLINE_BACKENDS_MAX * _INLINE.size == ctypes.sizeof(Lb4Frontend)
@@ -562,27 +564,33 @@ _AFFINITY = int(ServiceFlags.SESSION_AFFINITY)
 
 def pack_frontends(items: Mapping[ServiceKey, FrontendValue]) -> Packed:
     """Like :func:`pack_services`; the rules :func:`encode_frontend_value` enforces are checked
-    here too (a breach goes to the checked encoder, which names it)."""
+    here too (a breach goes to the checked encoder, which names it). Every frontend change
+    rewrites its entry (one per endpoint change of a small service), so this is on the worker's
+    per-event path: addresses go in as inet_pton's bytes, flags are tested with int.__and__
+    (IntFlag's own operator is Python-level)."""
     n = len(items)
-    ks, vs, bs = _KEY.size, ctypes.sizeof(Lb4Frontend), _INLINE.size
+    ks, vs, bs = _KEY_BYTES.size, ctypes.sizeof(Lb4Frontend), _INLINE.size
     keys, values = bytearray(n * ks), bytearray(n * vs)
-    kp, hp, bp = _KEY.pack_into, _FRONTEND_HEAD.pack_into, _INLINE.pack_into
-    htons, pton, inet, ip = socket.htons, socket.inet_pton, socket.AF_INET, _ip_raw
+    kp, hp, bp = _KEY_BYTES.pack_into, _FRONTEND_HEAD.pack_into, _INLINE.pack_into
+    htons, pton, inet, and_ = socket.htons, socket.inet_pton, socket.AF_INET, int.__and__
     head, most, affinity = _FRONTEND_HEAD.size, INLINE_BACKENDS_MAX, _AFFINITY
     try:
+        at = 0
         for i, ((vip, port, proto, slot), (count, rid, flags, aff, inline)) in enumerate(
             items.items()
         ):
             n_inline = len(inline)
-            if slot or (n_inline and (n_inline != count or n_inline > most or flags & affinity)):
+            if slot or (
+                n_inline and (n_inline != count or n_inline > most or and_(flags, affinity))
+            ):
                 raise ValueError(slot)
-            kp(keys, i * ks, ip(vip), htons(port), 0, proto)
-            at = i * vs
+            kp(keys, i * ks, pton(inet, vip), htons(port), 0, proto)
             hp(values, at, rid, count, flags, n_inline, aff)
-            at += head
+            b = at + head
             for bid, addr, bport in inline:
-                bp(values, at, pton(inet, addr), htons(bport), bid)
-                at += bs
+                bp(values, b, pton(inet, addr), htons(bport), bid)
+                b += bs
+            at += vs
     except _PACK_ERRORS:
         _recheck(items.items(), _check_frontend)
         raise
