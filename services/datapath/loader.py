@@ -44,13 +44,14 @@ import contextlib
 import ctypes
 import errno
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from services.datapath import bpfsys
 from services.datapath.bpflayout import (
@@ -69,6 +70,8 @@ from services.datapath.lbmap import (
     derive_frontends,
 )
 from services.datapath.svcranges import SERVICE_RANGES_MAX, parse_service_cidrs
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/weir")
 DEFAULT_VERSION = "v1"
@@ -367,21 +370,26 @@ def remove_pins(version_dir: Path) -> None:
         shutil.rmtree(version_dir)
 
 
+class Installed(NamedTuple):
+    dir: Path  # the version directory
+    frontends_repaired: tuple[int, int]  # (written, deleted) by the rebuild before attach
+
+
 def install(
     pin_dir: Path,
     cgroup: Path,
     version: str = DEFAULT_VERSION,
     service_cidrs: Sequence[str] = (),
-) -> Path:
+) -> Installed:
     """Load and attach (or atomically re-point) the programs, with exactly ``service_cidrs`` as
-    the service ranges; returns the version directory."""
+    the service ranges."""
     lb = SockLB(pin_dir, version=version, service_cidrs=service_cidrs)
     try:
         lb.load()
         lb.attach(cgroup)
     finally:
         lb.close()
-    return lb.dir
+    return Installed(lb.dir, lb.frontends_repaired)
 
 
 def uninstall(pin_dir: Path, cgroup: Path | None = None) -> list[Path]:
@@ -409,7 +417,9 @@ def install_in_child(
     service_cidrs: Sequence[str] = (),
 ) -> Path:
     """:func:`install` in a child process, so the caller never holds bcc's memory. Raises
-    LoadError with the child's own error line (e.g. a PinMismatchError naming the map)."""
+    LoadError with the child's own error line (e.g. a PinMismatchError naming the map); logs a
+    warning when the child had to repair lb4_frontends (an operator should know that the index
+    connect() reads did not match the record: a first start of this version, or a crash)."""
     cmd = [sys.executable, "-m", "services.datapath.loader", "install",
            "--pin-dir", str(pin_dir), "--cgroup", str(cgroup), "--version", version]  # fmt: skip
     for cidr in service_cidrs:
@@ -418,7 +428,18 @@ def install_in_child(
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         raise LoadError(lines[-1] if lines else f"loader exited with {done.returncode}")
-    return Path(json.loads(done.stdout.splitlines()[-1])["dir"])
+    out = json.loads(done.stdout.splitlines()[-1])
+    written, deleted = out.get("frontends_repaired", (0, 0))
+    if written or deleted:
+        log.warning(
+            "%s: lb4_frontends did not match the pinned services map; the loader rewrote %d "
+            "entries and removed %d before attaching (first start of this version, or a crash "
+            "between two map writes)",
+            pin_dir,
+            written,
+            deleted,
+        )
+    return Path(out["dir"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -434,8 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "install":
             if cgroup is None:
                 raise LoadError("install: --cgroup is required")
-            where = install(Path(args.pin_dir), cgroup, args.version, args.service_cidrs)
-            print(json.dumps({"dir": str(where)}))
+            done = install(Path(args.pin_dir), cgroup, args.version, args.service_cidrs)
+            print(json.dumps({"dir": str(done.dir), "frontends_repaired": done.frontends_repaired}))
         else:
             print(json.dumps({"removed": [str(p) for p in uninstall(Path(args.pin_dir), cgroup)]}))
     except (PinMismatchError, LoadError, MapError, OSError, ValueError) as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import subprocess
 import sys
@@ -36,7 +37,14 @@ from services.datapath.lbmap import (
     ServiceValue,
     derive_frontends,
 )
-from services.datapath.loader import PinMismatchError, SockLB, rebuild_frontends, verify_pins
+from services.datapath.loader import (
+    PinMismatchError,
+    SockLB,
+    install_in_child,
+    rebuild_frontends,
+    uninstall,
+    verify_pins,
+)
 from tests.datapath.bpf.conftest import (
     BACKEND_PORT,
     BACKENDS,
@@ -343,3 +351,25 @@ def test_rebuild_on_an_empty_node_reads_nothing(
         program(maps, INLINE_VIP, 80, 1, rev_nat_id=1, frontend=False)
         with pytest.raises(AssertionError, match="dumped"):  # with a service it must read
             rebuild_frontends(maps)
+
+
+def test_the_worker_is_told_when_the_loader_repaired_the_frontends_map(
+    own_cgroup: Path, pin_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the worker runs (the loader child, default capacities): a repair is logged with its
+    counts, a clean start is not."""
+    base = pin_root / "child"
+    try:
+        where = install_in_child(base, own_cgroup)
+        with BpfLBMap(where) as maps:
+            program_record(maps, frontends=False)  # the record, as an older version wrote it
+        with caplog.at_level(logging.WARNING, logger="services.datapath.loader"):
+            assert install_in_child(base, own_cgroup) == where
+        repaired = [r.getMessage() for r in caplog.records]
+        assert len(repaired) == 1 and "rewrote 4 entries and removed 0" in repaired[0]
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="services.datapath.loader"):
+            install_in_child(base, own_cgroup)
+        assert caplog.records == []  # consistent now: nothing to say
+    finally:
+        uninstall(base, own_cgroup)

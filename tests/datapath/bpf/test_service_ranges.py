@@ -132,7 +132,7 @@ def test_install_in_a_cgroup_writes_the_ranges(netns: str, tmp_path: Path) -> No
     base = Path("/sys/fs/bpf") / unique_name("weir-rng-", max_len=24)
     cg = make_cgroup()
     try:
-        where = install(base, cg, service_cidrs=["10.96.0.0/16"])
+        where = install(base, cg, service_cidrs=["10.96.0.0/16"]).dir
         with BpfLBMap(where) as maps:
             assert maps.service_ranges() == [ipaddress.IPv4Network("10.96.0.0/16")]
         assert run_client(netns, cg, "tcp", "10.96.1.1", "80", "1") == [{"error": "ECONNREFUSED"}]
