@@ -114,6 +114,21 @@ def cgroup() -> Iterator[Path]:
         remove_cgroup(path)
 
 
+@pytest.fixture
+def own_cgroup() -> Iterator[Path]:
+    """A cgroup of this test's own (programs attached and detached by the test itself)."""
+    path = make_cgroup()
+    try:
+        yield path
+    finally:
+        remove_cgroup(path)
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Counters that changed between two reads of the datapath counters."""
+    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+
 @pytest.fixture(scope="module")
 def pin_root() -> Iterator[Path]:
     path = BPFFS / unique_name("weir-test-", max_len=24)
@@ -124,6 +139,17 @@ def pin_root() -> Iterator[Path]:
             for version in path.iterdir():
                 remove_pins(version)
             shutil.rmtree(path, ignore_errors=True)
+
+
+def pinned_shape(path: Path) -> tuple[int, int, int, int, int]:
+    """(type, key size, value size, max entries, flags) of the map pinned at ``path``, read from
+    the kernel (what pin_handmade_map takes)."""
+    fd = bpfsys.obj_get(path)
+    try:
+        info = bpfsys.map_info(fd)
+    finally:
+        os.close(fd)
+    return (info.type, info.key_size, info.value_size, info.max_entries, info.flags)
 
 
 def pin_handmade_map(path: Path, shape: tuple[int, int, int, int, int]) -> None:
@@ -137,9 +163,10 @@ def pin_handmade_map(path: Path, shape: tuple[int, int, int, int, int]) -> None:
         os.close(fd)
 
 
-@pytest.fixture(scope="module")
-def servers(netns: str) -> Iterator[subprocess.Popen[str]]:
-    addrs = [f"{ip}:{BACKEND_PORT}" for ip in BACKENDS]
+@contextlib.contextmanager
+def echo_servers(netns: str, port: int) -> Iterator[subprocess.Popen[str]]:
+    """Echo servers (TCP and UDP) on BACKENDS at ``port`` inside ``netns``, killed on exit."""
+    addrs = [f"{ip}:{port}" for ip in BACKENDS]
     cmd = ["ip", "netns", "exec", netns, sys.executable, str(HERE / "echo_server.py"), *addrs]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
@@ -149,6 +176,12 @@ def servers(netns: str) -> Iterator[subprocess.Popen[str]]:
     finally:
         proc.kill()
         proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def servers(netns: str) -> Iterator[subprocess.Popen[str]]:
+    with echo_servers(netns, BACKEND_PORT) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

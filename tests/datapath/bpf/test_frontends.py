@@ -12,9 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import os
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,11 +45,11 @@ from services.datapath.loader import (
 from tests.datapath.bpf.conftest import (
     BACKEND_PORT,
     BACKENDS,
-    HERE,
     SMALL,
-    make_cgroup,
+    delta,
+    echo_servers,
     pin_handmade_map,
-    remove_cgroup,
+    pinned_shape,
     run_client,
     write_frontend,
 )
@@ -67,25 +64,8 @@ ENDPOINTS = [(ip, port) for port in (BACKEND_PORT, OTHER_PORT) for ip in BACKEND
 @pytest.fixture(scope="module")
 def other_port_servers(netns: str) -> Iterator[None]:
     """Echo servers on the conftest's addresses at OTHER_PORT (beside the ``servers`` fixture)."""
-    addrs = [f"{ip}:{OTHER_PORT}" for ip in BACKENDS]
-    cmd = ["ip", "netns", "exec", netns, sys.executable, str(HERE / "echo_server.py"), *addrs]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready", "echo server did not start"
+    with echo_servers(netns, OTHER_PORT):
         yield
-    finally:
-        proc.kill()
-        proc.wait(timeout=5)
-
-
-@pytest.fixture
-def own_cgroup() -> Iterator[Path]:
-    path = make_cgroup()
-    try:
-        yield path
-    finally:
-        remove_cgroup(path)
 
 
 def program(
@@ -127,10 +107,6 @@ def hits(results: Any) -> Counter[str]:
     return Counter(r["backend"] for r in results)
 
 
-def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
-
-
 def endpoints(n: int) -> set[str]:
     return {f"{ip}:{port}" for ip, port in ENDPOINTS[:n]}
 
@@ -166,12 +142,7 @@ def test_the_mirror_matches_the_compiled_struct_byte_for_byte(sock_lb: SockLB) -
 
 def test_the_pinned_map_has_the_spec_shape(sock_lb: SockLB) -> None:
     spec = next(s for s in map_specs(SMALL) if s.name == MAP_FRONTENDS)
-    fd = bpfsys.obj_get(sock_lb.dir / "lb4_frontends")
-    try:
-        info = bpfsys.map_info(fd)
-    finally:
-        os.close(fd)
-    shape = (info.type, info.key_size, info.value_size, info.max_entries, info.flags)
+    shape = pinned_shape(sock_lb.dir / "lb4_frontends")
     assert shape == (bpfsys.MAP_TYPE_HASH, 12, 64, SMALL.revnat, bpfsys.BPF_F_NO_PREALLOC)
     key, value = ctypes.sizeof(spec.key), ctypes.sizeof(spec.value)
     assert shape == (spec.map_type, key, value, spec.max_entries, spec.flags)

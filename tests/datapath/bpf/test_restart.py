@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,24 +21,13 @@ from tests.datapath.bpf.conftest import (
     SMALL,
     attached,
     client_cmd,
-    make_cgroup,
     pin_handmade_map,
-    remove_cgroup,
     run_client,
 )
 
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("servers")]
 HERE = Path(__file__).resolve().parent
 VIP = "10.96.0.20"
-
-
-@pytest.fixture
-def own_cgroup() -> Iterator[Path]:
-    path = make_cgroup()
-    try:
-        yield path
-    finally:
-        remove_cgroup(path)
 
 
 def start_worker(pin_root: Path, cgroup: Path) -> subprocess.Popen[str]:

@@ -25,6 +25,7 @@ from services.datapath.loader import PinMismatchError, SockLB, install, uninstal
 from services.datapath.svcranges import parse_service_cidrs
 from tests.datapath.bpf.conftest import (
     SMALL,
+    delta,
     make_cgroup,
     pin_handmade_map,
     program_service,
@@ -60,10 +61,6 @@ def ranges(pin_root: Path, sock_lb: SockLB, lbmap: BpfLBMap) -> Iterator[BpfLBMa
         yield lbmap
     finally:
         reload(pin_root, [])
-
-
-def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
 
 
 def test_unknown_vip_in_range_is_refused_at_once(

@@ -38,10 +38,10 @@ from tests.datapath.bpf.conftest import (
     BACKENDS,
     SMALL,
     attached,
+    delta,
     held,
-    make_cgroup,
+    pinned_shape,
     program_service,
-    remove_cgroup,
     run_client,
 )
 from tests.datapath.bpf.test_frontends import _fields
@@ -73,19 +73,6 @@ def lru_rows(maps: BpfLBMap, cookie: int) -> list[dict[str, Any]]:
     return [r for r in rows if r["socket_cookie"] == cookie]
 
 
-def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
-
-
-@pytest.fixture
-def own_cgroup() -> Iterator[Path]:
-    path = make_cgroup()
-    try:
-        yield path
-    finally:
-        remove_cgroup(path)
-
-
 # --- layout -------------------------------------------------------------------------------------
 
 
@@ -97,12 +84,7 @@ def test_the_mirror_matches_the_compiled_struct_byte_for_byte(sock_lb: SockLB) -
     ]  # fmt: skip
     assert _fields(table.Leaf) == ours
     assert ctypes.sizeof(Lb4SkPeer) == 32  # two slots per cache line
-    fd = bpfsys.obj_get(sock_lb.dir / "lb4_sk_peer")
-    try:
-        info = bpfsys.map_info(fd)
-    finally:
-        os.close(fd)
-    shape = (info.type, info.key_size, info.value_size, info.max_entries, info.flags)
+    shape = pinned_shape(sock_lb.dir / "lb4_sk_peer")
     assert shape == (bpfsys.MAP_TYPE_ARRAY, 4, 32, SMALL.sk_peer, 0)
 
 

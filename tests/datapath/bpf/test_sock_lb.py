@@ -19,6 +19,7 @@ from services.datapath.lbmap import PROTO_UDP, ServiceFlags, ServiceKey, Service
 from tests.datapath.bpf.conftest import (
     BACKEND_PORT,
     BACKENDS,
+    delta,
     program_service,
     run_client,
     write_frontend,
@@ -31,10 +32,6 @@ VIP = "10.96.0.10"
 
 def backends_hit(results: Any) -> Counter[str]:
     return Counter(r["backend"].split(":")[0] for r in results if "backend" in r)
-
-
-def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
 
 
 def test_tcp_connect_to_vip_is_balanced_and_peer_shows_vip(
