@@ -24,6 +24,7 @@ from typing import Any
 
 from bench.machine import describe
 from bench.plots import make_all
+from bench.stats import e2e_text
 
 RESULTS = Path("bench/results")
 
@@ -65,6 +66,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
             "2",
             "--labels",
             "100",
+            "--e2e-rounds",
+            "1",
         ],
     ),
 }
@@ -156,8 +159,7 @@ def summary_rows(runs: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, s
             if "end_to_end" in data:
                 e = data["end_to_end"]
                 rows.append((name, "watcher list -> bus -> maps (end to end)",
-                             f"{e['events_per_s']:.0f} events/s ({e['events']} in "
-                             f"{e['applied_s']:.2f} s)", ""))  # fmt: skip
+                             e2e_text(e).replace(" (", " events/s (", 1), ""))  # fmt: skip
             rows.append((name, "watcher list -> bus", f"{w['list_events_per_s']:.0f} events/s", ""))
             rows.append((
                 name, f"API writes ({w['watch']['writers']} writers) -> bus -> maps",

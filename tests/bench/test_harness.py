@@ -25,6 +25,7 @@ from bench.churn import Change, ChurnState, Poller
 from bench.mapprobe import MapProbe
 from bench.plots import cdf
 from bench.run_all import summary_rows
+from bench.stats import e2e_text, summarise_rounds
 from contracts.v1.convert import to_event
 from services.datapath.bpflayout import MapCapacities
 from services.datapath.lbmap import (
@@ -213,3 +214,18 @@ def test_cdf_and_summary_rows() -> None:
     assert "(100x / 40x)" in rows[0][3]
     assert rows[1] == ("programming", "worker RSS (max over nodes)", "300 MiB", "")
     assert rows[2] == ("throughput", "FAILED", "exit code 1", "")
+
+
+def test_end_to_end_rounds_report_the_median_round_and_keep_every_round() -> None:
+    rounds = [
+        {"events": 20000, "events_per_s": rate, "applied_s": 20000 / rate}
+        for rate in (9000.0, 12000.0, 7000.0)
+    ]
+    e = summarise_rounds(rounds)
+    assert e["events_per_s"] == 9000.0
+    assert e["applied_s"] == 20000 / 9000.0
+    assert (e["events_per_s_min"], e["events_per_s_max"]) == (7000.0, 12000.0)
+    assert e["rounds"] == rounds  # in the order they ran
+    assert e2e_text(e) == "median 9000 (20000 in 2.22 s); rounds 9000 / 12000 / 7000"
+    assert summarise_rounds(rounds[:2])["events_per_s"] == 9000.0  # even count: lower median
+    assert e2e_text(summarise_rounds(rounds[:1])) == "9000 (20000 in 2.22 s)"
