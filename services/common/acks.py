@@ -12,6 +12,9 @@ no-responders status, the ``APIError`` subclass for an error reply); the batch h
 message to its retry path (:func:`~services.common.bus.publish`), so callers get the same
 ``PublishError`` and metric as before. (nats-py's own reply handler let ``APIError.from_error``
 raise inside the callback, so an error PubAck used to stall the batch for ``ack_timeout``.)
+A plain PubAck (no headers, the exact shape nats-server writes) is settled straight from the
+connection's read loop by :class:`services.common.wire.Delivery` (no ``Msg``, queue hop or
+callback coroutine); anything else takes the callback.
 
 :class:`Batch` is one batch's side: acks in input order, the in-flight window (one wake-up
 future, set only when the sender waits) and what goes to the retry path. Acks of a batch that
@@ -38,6 +41,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from opentelemetry.trace import Span
 
 from services.common import tracing
+from services.common.wire import delivery_for
 
 __all__ = ["AckInbox", "Batch", "ack_inbox", "connection_of", "outcome"]
 
@@ -91,7 +95,10 @@ class AckInbox:
         self._ids = itertools.count()
 
     async def start(self, nc: Client) -> None:
-        await nc.subscribe(self.prefix + ">", cb=self._on_reply)
+        sub = await nc.subscribe(self.prefix + ">", cb=self._on_reply)
+        delivery = delivery_for(nc)
+        if delivery is not None:  # plain acks straight from the read loop (see wire.Delivery)
+            delivery.raw[sub._id] = self._on_raw
 
     def register(self, settle: Settle) -> str:
         """A new batch; returns the reply prefix its messages use (append the index)."""
@@ -101,6 +108,23 @@ class AckInbox:
 
     def unregister(self, reply_prefix: str) -> None:
         self._batches.pop(reply_prefix[self._plen : -1], None)
+
+    def _on_raw(self, subject: bytes, data: bytes, headers: bytes | None) -> bool:
+        """A plain PubAck as it came off the socket, as :meth:`_on_reply` would handle it;
+        False (untouched) for anything else, which then arrives at :meth:`_on_reply`."""
+        if headers or (plain := _PLAIN_ACK.fullmatch(data)) is None:
+            return False
+        try:
+            bid, _, index = subject[self._plen :].decode().partition(".")
+        except UnicodeDecodeError:
+            return False
+        if not (index.isdigit() and index.isascii()):
+            return False
+        settle = self._batches.get(bid)
+        if settle is not None:
+            dup = True if plain[3] else None
+            settle(int(index), PubAck(stream=plain[1].decode(), seq=int(plain[2]), duplicate=dup))
+        return True
 
     async def _on_reply(self, msg: Msg) -> None:
         bid, _, index = msg.subject[self._plen :].partition(".")

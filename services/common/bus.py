@@ -9,7 +9,9 @@ Why this shape: every service talks to the bus the same way, so the rules live h
   for throughput (a relist of 100k objects), keeping the same per-message guarantees. It sends
   with plain core publishes whose replies land on one wildcard subscription per connection
   (:mod:`services.common.acks`): nats-py's ``publish_async`` future per message was about a
-  third of the watcher's CPU per event.
+  third of the watcher's CPU per event. The commands themselves are built by
+  :mod:`services.common.wire` (the bytes ``Client.publish`` writes, without its per-message
+  Python): 4.7 -> 1.7 us per message queued; ``Client.publish`` stays the fallback.
 
 Connecting lives in :mod:`services.common.connection`, consumption in
 :mod:`services.common.consume` and provisioning in :mod:`services.common.streams`; all are
@@ -37,6 +39,7 @@ from services.common.acks import Batch, ack_inbox, connection_of
 from services.common.connection import Bus, connect_bus, reconnect_delay
 from services.common.consume import LastPerSubject, consume, last_per_subject
 from services.common.streams import ProvisionError, provision
+from services.common.wire import header_block, hpub, msg_id_block, wire_for
 
 __all__ = [
     "Bus",
@@ -202,29 +205,52 @@ async def _pipeline(
     window: int,
     ack_timeout: float,
 ) -> None:
-    """The fast path: send everything with at most ``window`` in flight, then await the acks."""
+    """The fast path: send everything with at most ``window`` in flight, then await the acks.
+
+    Commands go to the connection's buffer through :mod:`services.common.wire` (same bytes,
+    one flusher kick per run); a message it declines goes through ``Client.publish``."""
     window = max(1, window)
     inflight = batch.inflight
     traced = tracing.enabled()  # once per batch: with tracing off a message needs no span
     send = nc.publish
+    wired = wire_for(nc)
     for i, o in enumerate(queue):
         if len(inflight) >= window:  # only then wait: an extra yield per message costs a syscall
+            if wired is not None:
+                await wired.kick()
             await batch.drain(window - 1, ack_timeout)
         span: Span | None = None
         if traced:
             span = tracing.start_producer_span(o.subject, o.msg_id, context=o.parent)
             hdrs = tracing.inject_span(o.headers, span)
+            hdrs[MSG_ID_HEADER] = o.msg_id
+            block = header_block(hdrs) if wired is not None else None
+        elif o.headers:
+            hdrs = dict(o.headers)
+            hdrs[MSG_ID_HEADER] = o.msg_id
+            block = header_block(hdrs) if wired is not None else None
         else:
-            hdrs = dict(o.headers) if o.headers else {}
-        hdrs[MSG_ID_HEADER] = o.msg_id
+            hdrs = None  # built only if the message goes through Client.publish
+            block = msg_id_block(o.msg_id) if wired is not None else None
         inflight[i] = span  # before sending: the ack may be processed while publish yields
+        payload = payloads[i]
+        if block is not None and wired is not None and wired.ready(payload):
+            cmd = hpub(o.subject, f"{reply}{i}", block, payload)
+            if cmd is not None:
+                if wired.push(cmd, len(payload)):
+                    await wired.force_flush()
+                continue
+        if hdrs is None:
+            hdrs = {MSG_ID_HEADER: o.msg_id}
         try:
-            await send(o.subject, payloads[i], reply=f"{reply}{i}", headers=hdrs)
+            await send(o.subject, payload, reply=f"{reply}{i}", headers=hdrs)
         except Exception:
             inflight.pop(i, None)
             if span is not None:
                 span.end()
             batch.retry.append(i)
+    if wired is not None:
+        await wired.kick()
     if inflight:
         await batch.drain(0, ack_timeout)
 

@@ -5,7 +5,9 @@ messages, then a "no messages" status to end it), nothing is delivered while the
 the batch it got, and every message waited for costs a new Task, a ``uuid4`` and a ``wait_for``
 timer (~10 % of the datapath worker under load, and one extra request and status message per
 single change). A :class:`PullFeed` instead keeps up to ``window`` messages requested at all
-times: one subscription callback appends arriving messages to a buffer, and
+times: one subscription callback appends arriving messages to a buffer (called from the read
+loop, in arrival order, by :class:`services.common.wire.Delivery`: no queue hop and callback
+coroutine per message; the ordinary callback where that is unavailable), and
 :meth:`PullFeed.next_batch` hands out what is buffered (waking as soon as one message is there)
 and tops the request up *before* the caller applies, so the next messages travel while the
 current batch is written. Acking stays the caller's business and happens after its effect, as
@@ -41,6 +43,8 @@ from typing import Literal, NamedTuple
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
+from services.common.wire import delivery_for
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,9 @@ class PullFeed:
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
+        delivery = delivery_for(self._nc)
+        if delivery is not None:  # straight from the read loop (see wire.Delivery)
+            delivery.msgs[self._sub._id] = self._take
         self._reconnects = self._nc.stats["reconnects"]
         await self._top_up()
 
@@ -138,6 +145,9 @@ class PullFeed:
         was delivered but never handed out, so it is redelivered now, not after ``ack_wait``."""
         sub, self._sub = self._sub, None
         if sub is not None:
+            delivery = delivery_for(self._nc)
+            if delivery is not None:
+                delivery.msgs.pop(sub._id, None)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         unhandled, self._buf = list(self._buf), collections.deque()
@@ -194,6 +204,9 @@ class PullFeed:
         self.requests += 1
 
     async def _on_msg(self, msg: Msg) -> None:
+        self._take(msg)
+
+    def _take(self, msg: Msg) -> None:
         self._heard_at = time.monotonic()
         if msg.reply:  # a stream message (its reply is the ack subject)
             self._buf.append(msg)
