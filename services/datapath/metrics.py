@@ -3,9 +3,16 @@
 Kept in one module so names are defined once and tests can read them by name; no node label,
 because one process serves one node (tests running several workers share the counters, which
 is why tests compare deltas).
+
+:func:`observe_many` records a batch's observations with one lock round per bucket touched
+instead of ``len(amounts)`` calls of ``Histogram.observe`` (a lock for the sum and one for the
+bucket each, ~1 us per event: the network-programming histogram observes every event).
 """
 
 from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -54,3 +61,33 @@ BOOTSTRAP = Gauge(
     "and read the maps back), apply (map writes), sync (all of the bootstrap).",
     ["phase"],
 )
+
+
+def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
+    """``histogram.observe(a)`` for each of ``amounts``, bucket by bucket: the same counts and,
+    up to float rounding of the order of additions, the same sum. An unlabelled histogram of
+    prometheus_client's own layout only; anything else is observed one amount at a time."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    counts: dict[int, int] = {}
+    get = counts.get
+    n = 0
+    sum_ = 0.0
+    for amount in amounts:
+        # observe() counts an amount in the first bucket whose bound is >= it (the last bound
+        # is +Inf); NaN is below no bound: added to the sum, counted in no bucket, as there
+        i = bisect_left(bounds, amount)
+        if i < len(bounds) and amount <= bounds[i]:
+            counts[i] = get(i, 0) + 1
+        sum_ += amount
+        n += 1
+    if not n:
+        return
+    total.inc(sum_)
+    for i, count in counts.items():
+        buckets[i].inc(count)
