@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from services.datapath.alloc import IdAllocator, IdSpaceExhaustedError
 from services.datapath.frontend import BackendAddr, Frontend, FrontendSpec
 from services.datapath.lbmap import (
+    INLINE_BACKENDS_MAX,
     BackendValue,
     FrontendValue,
     InlineBackend,
@@ -37,7 +38,6 @@ from services.datapath.lbmap import (
     ServiceFlags,
     ServiceKey,
     ServiceValue,
-    inlinable,
 )
 from services.datapath.realised import Realised
 
@@ -123,6 +123,7 @@ def plan(
     new = tuple.__new__
     no_slots: dict[int, ServiceValue] = {}
     none, no_backends = ServiceFlags.NONE, ServiceFlags.NO_BACKENDS
+    inline_max, affinity = INLINE_BACKENDS_MAX, int(ServiceFlags.SESSION_AFFINITY)
     try:
         for fe in sorted(set(targets)):
             old_slots = realised_slots.get(fe, no_slots)
@@ -142,18 +143,25 @@ def plan(
                 rid = revnat_ids.allocate(fe)
             backends = spec[0]  # backends
             ids = allocate([b[0] for b in backends])  # unique: backends are unique by address
-            for bid, (addr, state) in zip(ids, backends, strict=True):
+            vip, port, proto = fe
+            # one pass in slot order (ascending ids; unique, so the sort never compares the
+            # backends): the wanted backend, the slot, and the inline copy connect() reads,
+            # which is the slot's (id, ip, port), collected only when it can be inline at all
+            pairs = zip(ids, backends, strict=True)
+            small = len(ids) <= inline_max
+            items: list[InlineBackend] = []
+            count = 0
+            for bid, (addr, state) in sorted(pairs) if len(ids) > 1 else pairs:
                 prev = want_get(bid)
                 if prev is None or state < prev[3]:  # [3]: state
                     want_backends[bid] = new(BackendValue, (*addr, state))
-            vip, port, proto = fe
-            count = 0
-            for bid in sorted(ids):
                 count += 1
                 ref_delta[bid] = delta(bid, 0) + 1
                 want = new(ServiceValue, (bid, 0, rid, none, 0))
                 if not old_slots or old_slots.get(count) != want:
                     slot_writes[new(ServiceKey, (vip, port, proto, count))] = want
+                if small:
+                    items.append(new(InlineBackend, (bid, addr[0], addr[1])))  # ip, port
             rn = new(RevNatValue, (vip, port))
             if revnat_get(rid) != rn:
                 revnat_writes[rid] = rn
@@ -163,11 +171,10 @@ def plan(
             master = new(ServiceValue, (0, count, rid, flags, spec[2]))  # [2]: affinity timeout
             if masters_get(fe) != master:
                 master_writes[new(ServiceKey, (vip, port, proto, 0))] = master
+            # lbmap.inlinable, inline: 1..INLINE_BACKENDS_MAX backends and no session affinity
             inline: tuple[InlineBackend, ...] = ()
-            if inlinable(count, flags):  # the slots' backends, in slot order (ascending ids)
-                inline = tuple(
-                    [new(InlineBackend, (b, *want_backends[b][:2])) for b in sorted(ids)]
-                )
+            if small and count and not int.__and__(flags, affinity):
+                inline = tuple(items)
             entry = new(FrontendValue, (count, rid, flags, spec[2], inline))
             if frontends_get(fe) != entry:
                 frontend_writes[new(ServiceKey, (vip, port, proto, 0))] = entry
