@@ -160,30 +160,17 @@ class K8sEvent(Model):
             and (object is None or isinstance(object, _PAYLOAD_TYPES))
             and envelope_problem(kind, op, namespace, name, object) is None
         ):
-            # what model_construct() builds (fields in declaration order, the default
-            # api_version not counted as set), without its per-field walk
-            event = cls.__new__(cls)
-            setattr_ = _object_setattr
-            setattr_(
-                event,
-                "__dict__",
-                {
-                    "api_version": API_VERSION,
-                    "kind": kind,
-                    "op": op,
-                    "namespace": namespace,
-                    "name": name,
-                    "uid": uid,
-                    "resource_version": resource_version,
-                    "observed_at": observed_at.astimezone(UTC),
-                    "producer": producer,
-                    "object": object,
-                },
+            return cls.assembled(
+                kind=kind,
+                op=op,
+                namespace=namespace,
+                name=name,
+                uid=uid,
+                resource_version=resource_version,
+                observed_at=observed_at.astimezone(UTC),
+                producer=producer,
+                object=object,
             )
-            setattr_(event, "__pydantic_fields_set__", set(_GIVEN_FIELDS))
-            setattr_(event, "__pydantic_extra__", None)
-            setattr_(event, "__pydantic_private__", None)
-            return event
         return cls(  # raises the ValidationError naming the field
             kind=kind,
             op=op,
@@ -195,6 +182,48 @@ class K8sEvent(Model):
             producer=producer,
             object=object,
         )
+
+    @classmethod
+    def assembled(
+        cls,
+        *,
+        kind: str,
+        op: Op,
+        namespace: str | None,
+        name: str,
+        uid: str,
+        resource_version: str,
+        observed_at: datetime,
+        producer: str,
+        object: Payload | None,
+    ) -> K8sEvent:
+        """The event from fields already checked against every rule of the envelope (each of its
+        final type, ``observed_at`` in UTC, the payload a validated model, and
+        :func:`envelope_problem` None): built as ``model_construct`` would build it (fields in
+        declaration order, the default api_version not counted as set), without its per-field
+        walk. Only for callers that did those checks (:meth:`checked`, the fast converter)."""
+        event = cls.__new__(cls)
+        setattr_ = _object_setattr
+        setattr_(
+            event,
+            "__dict__",
+            {
+                "api_version": API_VERSION,
+                "kind": kind,
+                "op": op,
+                "namespace": namespace,
+                "name": name,
+                "uid": uid,
+                "resource_version": resource_version,
+                "observed_at": observed_at,
+                "producer": producer,
+                "object": object,
+            },
+        )
+        setattr_(event, "__pydantic_fields_set__", set(_GIVEN_FIELDS))
+        setattr_(event, "__pydantic_extra__", None)
+        setattr_(event, "__pydantic_private__", None)
+        return event
 
     def encoded(self) -> tuple[bytes, bytes]:
         """(payload JSON, event JSON), equal to the two ``model_dump_json()`` results."""

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from contracts.v1 import K8sEvent
+from contracts.v1.convert_fast import upsert_event
+from services.watcher import observe
 from services.watcher.observe import digest_of, make_normaliser
-from services.watcher.state import Invalid, ObjectKey, Valid
+from services.watcher.state import Fingerprint, Invalid, ObjectKey, Observation, Valid
+from tests.contracts.test_convert_fast import CASES
 from tests.watcher.samples import sample
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -100,3 +105,35 @@ def test_valid_carries_the_event_serialised_once() -> None:
     assert isinstance(obs, Valid)
     assert obs.data == obs.payload.model_dump_json().encode()
     assert K8sEvent.model_validate_json(obs.data) == obs.payload
+
+
+def _contract_only(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, Any], Observation]:
+    """A normaliser as it was before the fast converter: the contract path for every object."""
+    monkeypatch.setattr(observe, "upsert_event", lambda *args: None)
+    return make_normaliser("test", clock=lambda: T0)
+
+
+@pytest.mark.parametrize(("name", "kind", "obj", "fast"), CASES, ids=[c[0] for c in CASES])
+def test_fast_path_observation_is_the_contract_one(
+    monkeypatch: pytest.MonkeyPatch, name: str, kind: str, obj: Any, fast: bool
+) -> None:
+    """Same Observation with and without the fast converter: key, fingerprint (digest), event,
+    bytes; or the same Invalid (field and message) for input the contract rejects."""
+    with_fast = normalise(kind, copy.deepcopy(obj))
+    slow = _contract_only(monkeypatch)(kind, copy.deepcopy(obj))
+    assert type(with_fast) is type(slow)
+    assert with_fast == slow
+    if isinstance(with_fast, Valid):
+        assert isinstance(slow, Valid)
+        assert with_fast.data == slow.data
+        assert with_fast.fingerprint.digest == digest_of(with_fast.payload)
+        assert type(with_fast.key) is ObjectKey and type(with_fast.fingerprint) is Fingerprint
+    assert (upsert_event(kind, obj, "test", T0) is not None) == fast
+
+
+def test_the_default_clock_stamps_utc_now() -> None:
+    before = datetime.now(UTC)
+    obs = make_normaliser("test")("service", stamped("service", "web"))
+    assert isinstance(obs, Valid)
+    assert before <= obs.payload.observed_at <= datetime.now(UTC)
+    assert obs.payload.observed_at.tzinfo is UTC
