@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Mapping
 
+import nats.aio.client
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -43,6 +44,7 @@ _NEWLINES = str.maketrans({"\r": " ", "\n": " "})  # nats-py's _HEADER_VALUE_NEW
 _BAD_SUBJECT = re.compile(r"[ \t\r\n]")  # nats-py's _SUBJECT_INVALID_RE (publish: no strict)
 _HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # nats-py's _HEADER_KEY_RE
 _MSG_ID_PREFIX = _HDR_LINE + b"Nats-Msg-Id: "
+_PARSE_EMAIL = getattr(nats.aio.client, "parse_email", None)  # nats-py's optional header parser
 
 # what wire_for needs of a Client; any missing: every message goes through Client.publish
 _INTERNALS = (
@@ -153,6 +155,48 @@ RawHandler = Callable[[bytes, bytes, bytes | None], bool]
 MsgHandler = Callable[[Msg], None]
 
 
+_SLOW: dict[str, str] = {}  # sentinel of _headers: ask nats-py's _process_headers
+_KEYS: dict[bytes, str | None] = {}  # header name as sent -> nats-py's key (None: skipped)
+
+
+def parse_header_lines(raw: bytes) -> dict[str, str]:
+    """``Client._parse_header_lines`` with each distinct name checked once (a message carries
+    the same few names; nats-py decodes and scans every name of every message for white space)."""
+    out: dict[str, str] = {}
+    keys = _KEYS
+    for line in raw.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        try:
+            key = keys[name]
+        except KeyError:
+            key = _key(name)
+            if len(keys) < 1024:
+                keys[name] = key
+        if key is not None:
+            out[key] = value.strip().decode("utf-8", "replace")
+    return out
+
+
+def _key(name: bytes) -> str | None:
+    try:
+        key = name.strip().decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return None if any(c.isspace() for c in key) else key
+
+
+def _headers(block: bytes) -> dict[str, str] | None:
+    """``Client._process_headers`` of a block without an inline status (``NATS/1.0 503``);
+    ``_SLOW`` for one with a status, one with no header line (nats-py: None, or an IndexError
+    for a bare ``NATS/1.0``), or a nats-py that parses headers another way (``fast_mail_parser``
+    installed)."""
+    if len(block) <= 10 or block[8] == 0x20 or _PARSE_EMAIL is not None:
+        return _SLOW
+    return parse_header_lines(block[10:]) or None
+
+
 class Delivery:
     """Messages of chosen subscriptions handed to a plain function from the read loop.
 
@@ -204,7 +248,11 @@ class Delivery:
             stats["in_msgs"] += 1
             stats["in_bytes"] += len(data)
             sub._received += 1
-            hdr = await nc._process_headers(headers) if headers else None
+            hdr = None
+            if headers:
+                hdr = _headers(headers)
+                if hdr is _SLOW:
+                    hdr = await nc._process_headers(headers)
             msg = nc._build_message(sid, subject, reply, data, hdr)
             if msg and handler is not None:
                 handler(msg)

@@ -28,7 +28,15 @@ from nats.js.api import PubAck
 from contracts import subjects as s
 from services.common.acks import AckInbox
 from services.common.bus import MSG_ID_HEADER, Bus, Outgoing, publish, publish_batch
-from services.common.wire import delivery_for, header_block, hpub, msg_id_block
+from services.common.wire import (
+    _SLOW,
+    _headers,
+    delivery_for,
+    header_block,
+    hpub,
+    msg_id_block,
+    parse_header_lines,
+)
 from tests.conftest import eventually
 
 _TEXT = st.text(st.sampled_from("aZ9._-:*>/ \t\r\né\u2028"), max_size=12)
@@ -258,3 +266,47 @@ async def test_raw_handler_declines_and_errors_reach_the_error_callback(bus: Bus
     await eventually(lambda: via_cb == [b"other", b"mine 3"])
     await asyncio.sleep(0)
     assert raw == [b"mine 1", b"mine 2"]
+
+
+_HEADER_BYTES = st.lists(
+    st.one_of(
+        st.sampled_from(
+            [
+                b"Nats-Msg-Id: abc",
+                b"traceparent:00-x",
+                b" Spaced Name : v ",
+                b"Tab\tName: v",
+                b"v\x0bt:x",
+                b"K: \xc3\xa9 \xff ",
+                b"\xc3\xa9: v",
+                b"no colon",
+                b"",
+            ]
+        ),
+        st.binary(max_size=16),
+        st.builds(lambda a, b: a + b":" + b, st.binary(max_size=6), st.binary(max_size=10)),
+    ),
+    max_size=5,
+).map(b"\r\n".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(lines=_HEADER_BYTES, status=st.sampled_from([b"", b" 503", b" 100 Idle Heartbeat"]))
+def test_headers_are_what_nats_py_parses(lines: bytes, status: bytes) -> None:
+    nc = Client()
+    for block in (
+        b"NATS/1.0" + status + b"\r\n" + lines + b"\r\n\r\n",
+        b"NATS/1.0" + status + b"\r\n" + lines,
+        lines,
+    ):
+        assert parse_header_lines(block) == Client._parse_header_lines(block)
+        ours = _headers(block)
+        if ours is _SLOW:
+            continue
+        coro = nc._process_headers(block)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            assert ours == done.value, block
+        else:  # pragma: no cover
+            raise AssertionError("suspended")
