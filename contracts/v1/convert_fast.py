@@ -318,82 +318,117 @@ def _take(out: dict[str, Any], key: str, src: dict[str, Any], raw_key: str) -> N
         out[key] = value
 
 
+# spec fields taken as they are (when not null), by their model field
+_SERVICE_SPEC: Final = {
+    "type": "type",
+    "externalIPs": "external_ips",
+    "externalName": "external_name",
+    "sessionAffinity": "session_affinity",
+    "externalTrafficPolicy": "external_traffic_policy",
+    "internalTrafficPolicy": "internal_traffic_policy",
+    "publishNotReadyAddresses": "publish_not_ready_addresses",
+    "trafficDistribution": "traffic_distribution",
+}
+
+
 def _service_input(obj: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    spec, status = _obj(obj, "spec"), _obj(obj, "status")
+    # one pass over the keys the spec has (a handful) instead of a lookup per key it may have
     out: dict[str, Any] = {}
-    get = spec.get
-    if (value := get("type")) is not None:
-        out["type"] = value
-    cluster_ip = get("clusterIP")
-    if cluster_ip is not None and type(cluster_ip) is not str:
-        raise _Unusual
-    ips = get("clusterIPs")
-    if ips is None:
-        ips = []
-    elif type(ips) is not list:
-        raise _Unusual
+    cluster_ip = ips = None
+    ports: list[dict[str, Any]] = []
+    spec = obj.get("spec")
+    if spec is not None:
+        if type(spec) is not dict:
+            raise _Unusual
+        rename = _SERVICE_SPEC.get
+        for key, value in spec.items():
+            if value is None:
+                continue
+            field = rename(key)
+            if field is not None:
+                out[field] = value
+            elif key == "ports":
+                ports = _service_ports(value)
+            elif key == "selector":
+                out["selector"] = _labels(value)
+            elif key == "clusterIP":
+                if type(value) is not str:
+                    raise _Unusual
+                cluster_ip = value
+            elif key == "clusterIPs":
+                if type(value) is not list:
+                    raise _Unusual
+                ips = value
+            elif key == "sessionAffinityConfig":
+                if type(value) is not dict:
+                    raise _Unusual
+                timeout = _obj(value, "clientIP").get("timeoutSeconds")
+                if timeout is not None:
+                    out["session_affinity_timeout_seconds"] = timeout
     if cluster_ip == "None" or (ips and ips[0] == "None"):
         out["headless"] = True
     elif ips:
         out["cluster_ips"] = ips
     elif cluster_ip:
         out["cluster_ips"] = [cluster_ip]
-    if (value := get("externalIPs")) is not None:
-        out["external_ips"] = value
-    lb = _obj(status, "loadBalancer")
-    lb_ips = [item["ip"] for item in _objs(lb, "ingress") if item.get("ip") is not None]
-    if lb_ips:
-        out["load_balancer_ips"] = lb_ips
-    if (value := get("externalName")) is not None:
-        out["external_name"] = value
+    status = obj.get("status")
+    if status is not None:
+        if type(status) is not dict:
+            raise _Unusual
+        lb = _obj(status, "loadBalancer")
+        lb_ips = [item["ip"] for item in _objs(lb, "ingress") if item.get("ip") is not None]
+        if lb_ips:
+            out["load_balancer_ips"] = lb_ips
+    out["ports"] = ports
+    if "traffic_distribution" not in out:
+        annotations = meta.get("annotations")
+        if annotations:
+            if type(annotations) is not dict:
+                raise _Unusual
+            for key in (TOPOLOGY_MODE_ANNOTATION, TOPOLOGY_HINTS_ANNOTATION):
+                value = annotations.get(key)
+                if isinstance(value, str) and value.lower() == "auto":
+                    out["traffic_distribution"] = "PreferClose"
+                    break
+        elif annotations is not None and type(annotations) is not dict:
+            raise _Unusual
+    labels = meta.get("labels")
+    if labels:
+        if type(labels) is not dict:
+            raise _Unusual
+        out["labels"] = _labels(labels)
+    elif labels is not None and type(labels) is not dict:
+        raise _Unusual
+    return out
+
+
+def _service_ports(value: Any) -> list[dict[str, Any]]:
+    if type(value) is not list:
+        raise _Unusual
     ports = []
-    for port in _objs(spec, "ports"):
+    for port in value:
+        if type(port) is not dict:
+            raise _Unusual
         item: dict[str, Any] = {}
-        pget = port.get
-        if (value := pget("name")) is not None:
-            item["name"] = value
-        if (value := pget("protocol")) is not None:
-            item["protocol"] = value
-        number = pget("port")
+        get = port.get
+        if (name := get("name")) is not None:
+            item["name"] = name
+        if (protocol := get("protocol")) is not None:
+            item["protocol"] = protocol
+        number = get("port")
         if number is not None:
             item["port"] = number
-        target = pget("targetPort")
+        target = get("targetPort")
         if target is not None:
             item["target_port"] = target
         elif number is not None:
             item["target_port"] = number
-        if (value := pget("nodePort")) is not None and value != 0:
-            item["node_port"] = value
-        if (value := pget("appProtocol")) is not None:
-            item["app_protocol"] = value
+        if (node_port := get("nodePort")) is not None and node_port != 0:
+            item["node_port"] = node_port
+        if (app_protocol := get("appProtocol")) is not None:
+            item["app_protocol"] = app_protocol
         ports.append(item)
-    out["ports"] = ports
-    if (value := get("selector")) is not None:
-        out["selector"] = _labels(value)
-    if (value := get("sessionAffinity")) is not None:
-        out["session_affinity"] = value
-    client_ip = _obj(_obj(spec, "sessionAffinityConfig"), "clientIP")
-    if (value := client_ip.get("timeoutSeconds")) is not None:
-        out["session_affinity_timeout_seconds"] = value
-    if (value := get("externalTrafficPolicy")) is not None:
-        out["external_traffic_policy"] = value
-    if (value := get("internalTrafficPolicy")) is not None:
-        out["internal_traffic_policy"] = value
-    if (value := get("publishNotReadyAddresses")) is not None:
-        out["publish_not_ready_addresses"] = value
-    if (value := get("trafficDistribution")) is not None:
-        out["traffic_distribution"] = value
-    else:
-        annotations = _obj(meta, "annotations")
-        for key in (TOPOLOGY_MODE_ANNOTATION, TOPOLOGY_HINTS_ANNOTATION):
-            value = annotations.get(key)
-            if isinstance(value, str) and value.lower() == "auto":
-                out["traffic_distribution"] = "PreferClose"
-                break
-    labels = _obj(meta, "labels")
-    if labels:
-        out["labels"] = _labels(labels)
-    return out
+    return ports
 
 
 def _slice_input(obj: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
@@ -405,11 +440,28 @@ def _slice_input(obj: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         out["service_name"] = value
     endpoints = []
     for endpoint in _objs(obj, "endpoints"):
+        # one pass over the keys the endpoint has instead of a lookup per key it may have
         item: dict[str, Any] = {}
-        eget = endpoint.get
-        if (value := eget("addresses")) is not None:
-            item["addresses"] = value
-        conditions = _obj(endpoint, "conditions")
+        conditions = _EMPTY
+        for key, value in endpoint.items():
+            if value is None:
+                continue
+            if key == "addresses":
+                item["addresses"] = value
+            elif key == "conditions":
+                if type(value) is not dict:
+                    raise _Unusual
+                conditions = value
+            elif key == "nodeName":
+                item["node_name"] = value
+            elif key == "zone":
+                item["zone"] = value
+            elif key == "hints":
+                item["hints"] = _hints(value)
+            elif key == "targetRef":
+                if type(value) is not dict:
+                    raise _Unusual
+                item["target_ref"] = {k: value[k] for k in _REF_KEYS if value.get(k) is not None}
         ready = conditions.get("ready")
         ready = True if ready is None else ready
         serving = conditions.get("serving")
@@ -419,23 +471,6 @@ def _slice_input(obj: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
             "serving": ready if serving is None else serving,
             "terminating": False if terminating is None else terminating,
         }
-        if (value := eget("nodeName")) is not None:
-            item["node_name"] = value
-        if (value := eget("zone")) is not None:
-            item["zone"] = value
-        if eget("hints") is not None:
-            hints = _obj(endpoint, "hints")
-            hint: dict[str, Any] = {}
-            zones = [z.get("name") for z in _objs(hints, "forZones")]
-            if zones:
-                hint["for_zones"] = zones
-            nodes = [n.get("name") for n in _objs(hints, "forNodes")]
-            if nodes:
-                hint["for_nodes"] = nodes
-            item["hints"] = hint
-        if eget("targetRef") is not None:
-            ref = _obj(endpoint, "targetRef")
-            item["target_ref"] = {k: ref[k] for k in _REF_KEYS if ref.get(k) is not None}
         endpoints.append(item)
     out["endpoints"] = endpoints
     ports = []
@@ -458,6 +493,19 @@ def _slice_input(obj: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
 
 
 _REF_KEYS: Final = ("kind", "namespace", "name", "uid")
+
+
+def _hints(value: Any) -> dict[str, Any]:
+    if type(value) is not dict:
+        raise _Unusual
+    hint: dict[str, Any] = {}
+    zones = [z.get("name") for z in _objs(value, "forZones")]
+    if zones:
+        hint["for_zones"] = zones
+    nodes = [n.get("name") for n in _objs(value, "forNodes")]
+    if nodes:
+        hint["for_nodes"] = nodes
+    return hint
 
 
 def _service_consistent(svc: Service) -> bool:

@@ -22,6 +22,8 @@ from enum import StrEnum
 from typing import Annotated, Final, Literal, get_args
 
 from pydantic import Field, model_validator
+from pydantic_core import SchemaSerializer, core_schema
+from pydantic_core.core_schema import TypedDictSchema
 
 from contracts.subjects import CLUSTER_SCOPED_KINDS, k8s_subject
 from contracts.v1.endpointslice import EndpointSlice
@@ -58,6 +60,29 @@ _GIVEN_FIELDS: Final = frozenset(
     | {"producer", "object"}
 )
 _object_setattr = object.__setattr__
+
+
+def _head_schema() -> TypedDictSchema:
+    text, field = core_schema.str_schema(), core_schema.typed_dict_field
+    return core_schema.typed_dict_schema(
+        {
+            "api_version": field(text),
+            "kind": field(text),
+            "op": field(text),  # a StrEnum: its str is its value
+            "namespace": field(core_schema.nullable_schema(text)),
+            "name": field(text),
+            "uid": field(text),
+            "resource_version": field(text),
+            "observed_at": field(core_schema.datetime_schema()),
+            "producer": field(text),
+            "object": field(core_schema.any_schema(), serialization_exclude=True),
+        }
+    )
+
+
+# An event's fields but the payload, serialised from its __dict__ as the model's serializer
+# does; ~0.5 us less per event than the model's (which reads Op.value through Python).
+_HEAD: Final = SchemaSerializer(_head_schema())
 
 
 def _to_json(model: Model) -> bytes:
@@ -227,8 +252,13 @@ class K8sEvent(Model):
 
     def encoded(self) -> tuple[bytes, bytes]:
         """(payload JSON, event JSON), equal to the two ``model_dump_json()`` results."""
-        body = b"null" if self.object is None else _to_json(self.object)
-        head = self.__pydantic_serializer__.to_json(self, exclude=_NO_OBJECT)
+        fields = self.__dict__
+        obj = fields["object"]
+        body = b"null" if obj is None else _to_json(obj)
+        if type(self) is K8sEvent and type(fields["op"]) is Op:
+            head = _HEAD.to_json(fields)
+        else:
+            head = self.__pydantic_serializer__.to_json(self, exclude=_NO_OBJECT)
         return body, b"".join((head[:-1], b',"object":', body, b"}"))
 
     def subject(self) -> str:

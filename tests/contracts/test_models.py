@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from contracts.v1 import (
     VERDICTS,
@@ -389,6 +390,47 @@ def test_encoded_tombstone_without_payload() -> None:
     body, data = tomb.encoded()
     assert body == b"null"
     assert data == tomb.model_dump_json().encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["service", "endpointslice", "node"]),
+    st.sampled_from([Op.UPSERT, Op.DELETE]),
+    st.text(min_size=1, max_size=12),
+    st.text(min_size=1, max_size=12),
+    st.text(min_size=1, max_size=12),
+    st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-3))])),
+)
+def test_encoded_head_is_the_models_for_any_text_and_time(
+    kind: str, op: Op, uid: str, rv: str, producer: str, at: datetime
+) -> None:
+    """encoded() serialises the envelope from its fields (not the model's serializer): escaping
+    of any text, timestamps with and without microseconds, cluster-scoped null namespace."""
+    raw = {"metadata": {"name": "web", "namespace": "shop"}, "addressType": "IPv4"}
+    payload = None if op is Op.DELETE else from_k8s(kind, raw)
+    try:
+        event = K8sEvent.checked(
+            kind=kind,
+            op=op,
+            namespace=None if kind == "node" else "shop",
+            name="web",
+            uid=uid,
+            resource_version=rv,
+            observed_at=at,
+            producer=producer,
+            object=payload,
+        )
+    except ValidationError:
+        return  # e.g. a lone surrogate: not a valid event, nothing to encode
+    try:
+        expected = event.model_dump_json().encode()
+    except PydanticSerializationError:
+        with pytest.raises(PydanticSerializationError):
+            event.encoded()
+        return
+    body, data = event.encoded()
+    assert data == expected
+    assert body == (b"null" if payload is None else payload.model_dump_json().encode())
 
 
 def _event_fields(**change: Any) -> dict[str, Any]:
