@@ -39,7 +39,7 @@ from services.common.acks import Batch, ack_inbox, connection_of
 from services.common.connection import Bus, connect_bus, reconnect_delay
 from services.common.consume import LastPerSubject, consume, last_per_subject
 from services.common.streams import ProvisionError, provision
-from services.common.wire import header_block, hpub, hpub_msg_id, wire_for
+from services.common.wire import header_block, hpub, msg_id_block, wire_for
 
 __all__ = [
     "Bus",
@@ -219,28 +219,27 @@ async def _pipeline(
             if wired is not None:
                 await wired.kick()
             await batch.drain(window - 1, ack_timeout)
-        payload = payloads[i]
-        fast = wired is not None and wired.ready(payload)
-        cmd: bytes | None = None
         span: Span | None = None
         if traced:
             span = tracing.start_producer_span(o.subject, o.msg_id, context=o.parent)
             hdrs = tracing.inject_span(o.headers, span)
             hdrs[MSG_ID_HEADER] = o.msg_id
+            block = header_block(hdrs) if wired is not None else None
         elif o.headers:
             hdrs = dict(o.headers)
             hdrs[MSG_ID_HEADER] = o.msg_id
+            block = header_block(hdrs) if wired is not None else None
         else:
             hdrs = None  # built only if the message goes through Client.publish
-            if fast:
-                cmd = hpub_msg_id(o.subject, f"{reply}{i}", o.msg_id, payload)
-        if fast and hdrs is not None and (block := header_block(hdrs)) is not None:
-            cmd = hpub(o.subject, f"{reply}{i}", block, payload)
+            block = msg_id_block(o.msg_id) if wired is not None else None
         inflight[i] = span  # before sending: the ack may be processed while publish yields
-        if cmd is not None and wired is not None:
-            if wired.push(cmd, len(payload)):
-                await wired.force_flush()
-            continue
+        payload = payloads[i]
+        if block is not None and wired is not None and wired.ready(payload):
+            cmd = hpub(o.subject, f"{reply}{i}", block, payload)
+            if cmd is not None:
+                if wired.push(cmd, len(payload)):
+                    await wired.force_flush()
+                continue
         if hdrs is None:
             hdrs = {MSG_ID_HEADER: o.msg_id}
         try:

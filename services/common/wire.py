@@ -35,7 +35,7 @@ __all__ = [
     "delivery_for",
     "header_block",
     "hpub",
-    "hpub_msg_id",
+    "msg_id_block",
     "wire_for",
 ]
 
@@ -43,7 +43,7 @@ _HDR_LINE = b"NATS/1.0\r\n"
 _NEWLINES = str.maketrans({"\r": " ", "\n": " "})  # nats-py's _HEADER_VALUE_NEWLINES
 _BAD_SUBJECT = re.compile(r"[ \t\r\n]")  # nats-py's _SUBJECT_INVALID_RE (publish: no strict)
 _HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # nats-py's _HEADER_KEY_RE
-_MSG_ID_BLOCK = len(_HDR_LINE + b"Nats-Msg-Id: \r\n\r\n")  # without the value
+_MSG_ID_PREFIX = _HDR_LINE + b"Nats-Msg-Id: "
 _PARSE_EMAIL = getattr(nats.aio.client, "parse_email", None)  # nats-py's optional header parser
 
 # what wire_for needs of a Client; any missing: every message goes through Client.publish
@@ -66,22 +66,10 @@ def _value(text: str) -> str:
     return text
 
 
-def hpub_msg_id(subject: str, reply: str, msg_id: str, payload: bytes) -> bytes | None:
-    """``hpub(subject, reply, header_block({"Nats-Msg-Id": msg_id}), payload)`` in one format
-    (a relist's messages carry no other header)."""
-    if not subject or _BAD_SUBJECT.search(subject) or (reply and _BAD_SUBJECT.search(reply)):
-        return None
+def msg_id_block(msg_id: str) -> bytes | None:
+    """The header block nats-py writes for ``{"Nats-Msg-Id": msg_id}``; None if it would not."""
     try:
-        value = _value(msg_id).encode()
-        hlen = _MSG_ID_BLOCK + len(value)
-        return b"HPUB %s %s %d %d\r\nNATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n%s\r\n" % (
-            subject.encode(),
-            reply.encode(),
-            hlen,
-            hlen + len(payload),
-            value,
-            payload,
-        )
+        return b"%s%s\r\n\r\n" % (_MSG_ID_PREFIX, _value(msg_id).encode())
     except UnicodeEncodeError:
         return None
 
