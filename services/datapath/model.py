@@ -253,7 +253,11 @@ def _backends(
 ) -> tuple[Backend, ...]:
     """:func:`select_endpoints` and the Backend tuple it yields, in one pass (once per frontend
     on every change: the common case, all ready and no Local policy, builds no extra list)."""
-    ready, pool = _categorize(candidates, node, local_only, publish_not_ready)
+    if local_only:
+        ready, pool = _categorize(candidates, node, local_only, publish_not_ready)
+    else:  # _categorize without the call (Cluster policy: every candidate is in the pool)
+        pool = candidates
+        ready = pool if publish_not_ready else [c for c in pool if c[2]]  # [2]: ready
     new = tuple.__new__  # the named tuples' __new__ is Python-level
     if ready:  # candidates come sorted by IP and unique by IP: already in Backend order
         return tuple(
@@ -299,6 +303,8 @@ def service_frontends(
         candidates, errs = port_candidates(ref, sp, slices)
         if errs:
             errors.extend(errs)
+        made_for: bool | None = None  # the policy ``backends`` were selected for
+        backends: tuple[Backend, ...] = ()
         for vips, policy in (
             (internal, svc.internal_traffic_policy),
             (external, svc.external_traffic_policy),
@@ -306,9 +312,11 @@ def service_frontends(
             if not vips:
                 continue
             local = policy == "Local"
-            backends = _backends(
-                candidates, proto, node=node, local_only=local, publish_not_ready=pnr
-            )
+            if local is not made_for:  # internal and external with one policy: built once
+                backends = _backends(
+                    candidates, proto, node=node, local_only=local, publish_not_ready=pnr
+                )
+                made_for = local
             spec = new(
                 FrontendSpec, (backends, _FLAGS[affinity, local], timeout, owner, sp.name or "")
             )
