@@ -465,12 +465,13 @@ def _slice_input(obj: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         ready = conditions.get("ready")
         ready = True if ready is None else ready
         serving = conditions.get("serving")
+        serving = ready if serving is None else serving
         terminating = conditions.get("terminating")
-        item["conditions"] = {
-            "ready": ready,
-            "serving": ready if serving is None else serving,
-            "terminating": False if terminating is None else terminating,
-        }
+        terminating = False if terminating is None else terminating
+        if type(ready) is bool and type(serving) is bool and type(terminating) is bool:
+            item["conditions"] = _CONDITIONS[ready, serving, terminating]
+        else:  # the schema rejects it (StrictBool)
+            item["conditions"] = {"ready": ready, "serving": serving, "terminating": terminating}
         endpoints.append(item)
     out["endpoints"] = endpoints
     ports = []
@@ -493,6 +494,18 @@ def _slice_input(obj: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
 
 
 _REF_KEYS: Final = ("kind", "namespace", "name", "uid")
+# Every endpoint's conditions are one of these eight: the converter sets all three fields, so
+# each is exactly what the contract builds for that input (fields set included). The models
+# are frozen, so one instance each is shared by every endpoint (the schema takes an instance of
+# the model as it is), instead of a dict and a model built per endpoint.
+_CONDITIONS: Final = {
+    (ready, serving, terminating): EndpointConditions(
+        ready=ready, serving=serving, terminating=terminating
+    )
+    for ready in (False, True)
+    for serving in (False, True)
+    for terminating in (False, True)
+}
 
 
 def _hints(value: Any) -> dict[str, Any]:

@@ -229,6 +229,18 @@ CASES: list[tuple[str, str, Any, bool]] = [
      eps(endpoints=[{"addresses": ["10.0.0.1"], "conditions": {"ready": None}}]), True),
     ("slice, string ready", "endpointslice",
      eps(endpoints=[{"addresses": ["10.0.0.1"], "conditions": {"ready": "yes"}}]), False),
+    (
+        "slice, ready 1 (equal to True, not a bool)",
+        "endpointslice",
+        eps(endpoints=[{"addresses": ["10.0.0.1"], "conditions": {"ready": 1}}]),
+        False,
+    ),
+    (
+        "slice, terminating 0",
+        "endpointslice",
+        eps(endpoints=[{"addresses": ["10.0.0.1"], "conditions": {"terminating": 0}}]),
+        False,
+    ),
     ("slice, bad node", "endpointslice",
      eps(endpoints=[{"addresses": ["10.0.0.1"], "nodeName": "Node_A"}]), False),
     ("slice, empty zone name", "endpointslice",
