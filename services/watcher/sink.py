@@ -166,10 +166,6 @@ class NatsSink:
         spans = []
         now = self._now()  # one observation time for the tombstones and reports of a batch
         for action in actions:
-            if not traced and type(action) is Upsert:  # the bulk of a relist: as outgoing() does
-                event = action.payload
-                items.append(Outgoing(event.subject(), action.data or event, event.msg_id()))
-                continue
             subject, message, msg_id = outgoing(action, self._producer, now)
             parent = None
             if traced:
@@ -187,7 +183,7 @@ class NatsSink:
         finally:
             for span in spans:
                 span.end()
-        good = [a for i, a in enumerate(actions) if i not in failed] if failed else actions
+        good = [a for i, a in enumerate(actions) if i not in failed]
         for (kind, op), n in Counter((_kind(a), _op(a)) for a in good).items():
             metrics.PUBLISHED.labels(kind, op).inc(n)
         accepted = accepted + good
