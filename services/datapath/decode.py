@@ -171,6 +171,9 @@ class _SliceEvent(TypedDict):
 
 _Event = Annotated[_ServiceEvent | _SliceEvent, Field(discriminator="kind")]
 _FAST = TypeAdapter(_Event)
+# the adapter's validator itself: TypeAdapter.validate_json is a Python-level wrapper that only
+# forwards its defaults (~0.4 us a message)
+_VALIDATE_JSON = _FAST.validator.validate_json
 _OPS = {"UPSERT": Op.UPSERT, "DELETE": Op.DELETE}
 
 
@@ -186,7 +189,7 @@ def decode_fast(data: bytes) -> Change | None:
     """The Change when ``data`` is one of the shapes the fast schema verifies, else None (the
     caller then validates with the contract; None never means "invalid")."""
     try:
-        ev = _FAST.validate_json(data)
+        ev: _ServiceEvent | _SliceEvent = _VALIDATE_JSON(data)
     except ValidationError:
         return None
     op, at = _OPS[ev["op"]], ev["observed_at"].timestamp()
@@ -256,5 +259,5 @@ def _slice(es: _Slice) -> SliceView:
             ),
         )
         endpoints.append(view)
-    ports = tuple((p["name"] or "", p["protocol"], p["port"]) for p in es["ports"])
+    ports = tuple([(p["name"] or "", p["protocol"], p["port"]) for p in es["ports"]])
     return new(SliceView, ("IPv4", ports, tuple(endpoints)))

@@ -461,7 +461,18 @@ class DatapathWorker:
 
 def stream_seq(msg: Msg) -> int:
     """A JetStream message's stream sequence (see :func:`services.common.consume.ack_position`,
-    which reads it from the ack subject instead of building ``Msg.metadata``)."""
+    which reads it from the ack subject instead of building ``Msg.metadata``). Once per message:
+    the plain ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.
+    <pending>`` form with ASCII-digit sequence and pending tokens (which ``int`` always reads as
+    ``ack_position`` does) is read here without its ``contextlib.suppress`` (~1 us a message);
+    anything else goes through ``ack_position``."""
+    reply = msg.reply
+    if reply and reply.startswith("$JS.ACK."):
+        tokens = reply.split(".")
+        if len(tokens) == 9:
+            seq, pending = tokens[5], tokens[8]
+            if seq.isascii() and seq.isdigit() and pending.isascii() and pending.isdigit():
+                return int(seq)
     return ack_position(msg)[0]
 
 

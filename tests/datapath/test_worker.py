@@ -21,6 +21,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 
@@ -32,7 +34,8 @@ from services.datapath.fakemaps import FakeLBMap, check_consistent
 from services.datapath.lbmap import LBMapState
 from services.datapath.reconcile import Reconciler
 from services.datapath.render import render, resolved
-from services.datapath.worker import STEADY_GC, DatapathSettings, DatapathWorker, durable_name
+from services.datapath.settings import DatapathSettings
+from services.datapath.worker import STEADY_GC, DatapathWorker, durable_name
 from tests.conftest import NatsServer, free_port
 from tests.datapath.manifests import NODE, TESTDATA, desired, events
 
@@ -382,3 +385,44 @@ def test_stream_seq_reads_the_ack_subject_like_nats_metadata() -> None:
         msg = Msg(_client=None, subject="weir.v1.k8s.service.a.b", reply=reply)  # type: ignore[arg-type]
         assert stream_seq(msg) == msg.metadata.sequence.stream
     assert stream_seq(Msg(_client=None, subject="s", reply="$JS.ACK.S.C.1.5.1.1.0")) == 5  # type: ignore[arg-type]
+
+
+_TOKENS = st.one_of(
+    st.sampled_from(
+        ["$JS", "ACK", "WEIR_K8S", "datapath-n1", "0", "7", "42", "+5", "-1", "²", " 3", "1_0", ""]
+    ),
+    st.text(alphabet="0123456789", min_size=1, max_size=4),
+    st.text(max_size=3),
+)
+
+
+_REPLIES = st.one_of(
+    st.lists(_TOKENS, max_size=12).map(".".join),
+    # the v1 form's 9 tokens, each field right or wrong
+    st.tuples(
+        st.sampled_from(["$JS", "$js"]),
+        st.sampled_from(["ACK", "NAK"]),
+        *[_TOKENS] * 7,
+    ).map(".".join),
+)
+
+
+@given(_REPLIES)
+def test_stream_seq_is_ack_position_for_any_reply(reply: str) -> None:
+    """The worker's own parse of the plain form answers what ack_position answers (or raises
+    where it raises), whatever the reply subject."""
+    from nats.aio.msg import Msg  # noqa: PLC0415
+
+    from services.common.consume import ack_position  # noqa: PLC0415
+    from services.datapath.worker import stream_seq  # noqa: PLC0415
+
+    msg = Msg(_client=None, subject="s", reply=reply)  # type: ignore[arg-type]
+    try:
+        want: int | type[Exception] = ack_position(msg)[0]
+    except Exception as exc:
+        want = type(exc)
+    try:
+        got: int | type[Exception] = stream_seq(msg)
+    except Exception as exc:
+        got = type(exc)
+    assert got == want
