@@ -19,6 +19,18 @@ a purged stream. The burst is published before the consumer starts, so the worke
 batches, and the publisher's CPU is not counted.
 
 Run (root, for the maps): ``.venv/bin/python -m tests.datapath.burst_cpu [--services 10000]``.
+
+CPU time on a shared machine moves by 10-20 % between runs; for A/B of small changes the
+``--instructions e2e|churn`` mode counts instructions instead, which do not depend on the
+neighbours: the worker's ``handle_batch`` (absorb, flush, apply on real maps, inline on the loop,
+no bus) over the burst after a warm-up, inside ``functools.reduce`` so that callgrind collects
+exactly that part::
+
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect=functools_reduce \
+        .venv/bin/python -m tests.datapath.burst_cpu --instructions e2e --services 1500
+
+prints the events measured; instructions per event = the ``totals:`` line of callgrind.out.PID
+divided by it.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import functools
 import gc
 import os
 import random
@@ -37,11 +50,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nats.aio.msg import Msg
+
 from bench import objects as o
 from contracts.subjects import STREAM_K8S
 from contracts.v1 import to_event
 from services.common.bus import Outgoing, connect_bus, provision, publish_batch
 from services.datapath import bpfsys
+from services.datapath import worker as worker_mod
 from services.datapath.bpflayout import MapCapacities, map_specs
 from services.datapath.bpfmaps import BpfLBMap
 from services.datapath.settings import DatapathSettings
@@ -166,12 +182,76 @@ async def one_rep(url: str, rep: int, args: argparse.Namespace, root: Path) -> d
         lbmap.close()
 
 
-async def main() -> None:
+class _LoopMsg(Msg):
+    async def ack(self) -> None:
+        return None
+
+
+class _NoBus:
+    nc = None
+
+
+def instructions(case: str, services: int) -> int:
+    """Feed ``case``'s burst to a worker without a bus (messages as JetStream delivers them) and
+    return how many events the measured part (inside functools.reduce) absorbed."""
+
+    def msgs(outs: list[Outgoing], seq0: int) -> list[Msg]:
+        reply = "$JS.ACK.WEIR_K8S.d.1.{}.{}.1700000000.0"
+        client: Any = None  # never used: acks go nowhere
+        return [
+            _LoopMsg(client, subject=o.subject, reply=reply.format(seq0 + i, seq0 + i), data=data)
+            for i, o in enumerate(outs)
+            if isinstance(data := o.data, bytes)
+        ]
+
+    root = Path("/sys/fs/bpf") / f"weir-burst-{os.getpid()}"
+    lbmap = make_maps(root, MapCapacities())
+    worker_mod.INLINE_APPLY = 1 << 30  # every apply on the loop: callgrind sees one thread
+    settings = DatapathSettings(node_name=NODE, nats_url="nats://-", maps="bpf", policy=False)
+    worker = DatapathWorker(settings, _NoBus(), lbmap)  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    try:
+        worker.reconciler.load()
+        worker.synced = True
+        e2e = msgs(e2e_events(services, 0), 1)
+        churn = msgs(churn_events(services, services, 0), 1 + len(e2e))
+
+        def feed(batch: list[Msg]) -> None:
+            for k in range(0, len(batch), 512):
+                loop.run_until_complete(worker.handle_batch(batch[k : k + 512]))
+
+        gc.disable()  # as the relist and the bootstrap run; collections would blur the count
+        warm = 1024
+        if case == "churn":
+            feed(e2e)
+            measured = churn
+        else:
+            measured = e2e
+        feed(measured[:warm])
+        functools.reduce(lambda _a, batch: feed(batch), [measured[warm:]], None)
+        assert not worker.errors and not worker.reconciler.pending
+        return len(measured) - warm
+    finally:
+        gc.enable()
+        loop.close()
+        lbmap.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=10_000)
     parser.add_argument("--churn", type=int, default=10_000)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--instructions", choices=("e2e", "churn"))
     args = parser.parse_args()
+    if args.instructions:
+        print(instructions(args.instructions, args.services))
+    else:
+        asyncio.run(burst(args))
+
+
+async def burst(args: argparse.Namespace) -> None:
     store = Path(tempfile.mkdtemp(prefix="burst-nats-"))
     root = Path("/sys/fs/bpf") / f"weir-burst-{os.getpid()}"
     gc.callbacks.append(_gc_clock)
@@ -199,4 +279,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
