@@ -4,7 +4,9 @@
 raises only :class:`ContractError` (naming the object and the Kubernetes field path), whatever
 the input, so a producer can report the object and carry on. Reshaping lives in the
 ``convert_*`` modules and validation in the models; this module maps pydantic errors back to
-Kubernetes paths (see :mod:`contracts.v1.raw`).
+Kubernetes paths (see :mod:`contracts.v1.raw`). The watcher converts the common Service and
+EndpointSlice shapes through :mod:`contracts.v1.convert_fast` first, which builds the same event
+as :func:`to_event` or declines (and then this module decides).
 """
 
 from __future__ import annotations

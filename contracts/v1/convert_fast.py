@@ -7,10 +7,11 @@ name and label map and a model validator per object (~27 us per Service, ~37 us 
 EndpointSlice). This module reshapes plain dicts directly and validates them with one strict
 pydantic-core schema that has no Python callbacks (types, literals, lengths, ranges, the
 canonical-IPv4 / DNS / label patterns are all Rust-side) and that builds the contract's own model
-classes (``Service``, ``ServicePort``, ``EndpointSlice``, ...), with the fields the contract sets
-and the defaults it applies. The few cross-field rules left (``Service._consistent``) are checked
-in plain Python on the result, and the envelope is assembled from the checked parts
-(:meth:`K8sEvent.assembled`) without a second validation.
+classes (``Service``, ``ServicePort``, ``EndpointSlice``, ... and the ``K8sEvent`` around them,
+whose metadata fields get the envelope's rules), with the fields the contract sets and the
+defaults it applies. The few cross-field rules left (``Service._consistent``, named target ports)
+are checked in plain Python on the result. An endpoint's conditions (three strict bools, always
+all set) are one of eight shared frozen instances instead of a model built per endpoint.
 
 Strictness is the contract's, never looser: the fast schema accepts a *subset* of what the
 contract accepts (exact ``dict``/``list``/``str``/``int``/``bool``, canonical IPv4 only, no FQDN
@@ -268,6 +269,7 @@ def _event(kind: str, payload: CoreSchema, name: CoreSchema) -> SchemaValidator:
 _SERVICE_EVENT: Final = _event("service", _SERVICE, _DNS_LABEL)  # the name: a DNS-1123 label
 _SLICE_EVENT: Final = _event("endpointslice", _SLICE, _DNS_SUBDOMAIN)
 _HAS_LETTER = re.compile("[a-z]")
+_UPSERT: Final = Op.UPSERT  # an enum member read through its class costs ~0.1 us per read
 
 
 # --- reshaping plain dicts: convert_core.service / endpointslice over QuickSrc, same output ----
@@ -566,7 +568,7 @@ def upsert_event(kind: str, obj: Any, producer: str, observed_at: datetime) -> K
         event: K8sEvent = validator.validate_python(
             {
                 "kind": kind,
-                "op": Op.UPSERT,
+                "op": _UPSERT,
                 "namespace": meta.get("namespace"),
                 "name": meta.get("name"),
                 "uid": meta.get("uid"),
