@@ -137,13 +137,18 @@ def decide_present(index: PublishedIndex, obs: Observation) -> list[Action]:
     """An object exists (ADDED/MODIFIED watch event, or one item of a listing)."""
     if isinstance(obs, Invalid):
         return [] if index.already_reported(obs) else [Report(obs)]
-    old = index.get(obs.key)
-    if old is not None and _same_content(old, obs.fingerprint):
+    old = index._entries.get(obs.key)
+    if old is None:  # the common case of a first listing, once per object: no Python-level
+        return [tuple.__new__(Upsert, obs)]  # __new__ (an Upsert's fields are a Valid's)
+    if _same_content(old, obs.fingerprint):
         return []
-    upsert = Upsert(obs.key, obs.fingerprint, obs.payload, obs.data)
-    if old is not None and old.uid != obs.fingerprint.uid:
+    upsert = tuple.__new__(Upsert, obs)
+    if old.uid != obs.fingerprint.uid:
         return [Delete(obs.key, old), upsert]
     return [upsert]
+
+
+assert Upsert._fields == Valid._fields  # decide_present builds one from the other
 
 
 def decide_deleted(index: PublishedIndex, final: Observation) -> list[Action]:
@@ -170,9 +175,10 @@ class RelistDiff:
         self._seen: set[ObjectKey] = set()
 
     def present(self, obs: Observation) -> list[Action]:
-        if obs.key in self._seen:
+        key, seen = obs.key, self._seen
+        if key in seen:
             return []
-        self._seen.add(obs.key)
+        seen.add(key)
         return decide_present(self._index, obs)
 
     def vanished(self) -> list[Action]:

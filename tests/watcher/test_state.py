@@ -142,3 +142,12 @@ def test_failed_publish_is_retried_by_next_relist() -> None:
     assert kinds(decide_relist(idx, "service", [valid(B)])) == [("Upsert", B)]
     assert isinstance(actions[0], Delete)
     assert isinstance(actions[1], Upsert)
+
+
+@pytest.mark.parametrize("index", [index_of(), index_of(a=fp())], ids=["new", "changed"])
+def test_upsert_carries_the_observation(index: PublishedIndex) -> None:
+    obs = Valid(A, fp(digest="d2"), {"event": 1}, b'{"event":1}')
+    (upsert,) = decide_present(index, obs)
+    assert type(upsert) is Upsert
+    assert upsert == Upsert(A, fp(digest="d2"), {"event": 1}, b'{"event":1}')
+    assert (upsert.key, upsert.fingerprint, upsert.payload, upsert.data) == tuple(obs)
