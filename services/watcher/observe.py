@@ -5,12 +5,14 @@ UPSERT event (and raises :class:`ContractError` naming the field), and the obser
 that ready event so the sink publishes what was validated. Services and EndpointSlices of the
 common shapes are converted by :func:`contracts.v1.convert_fast.upsert_event` instead (one strict
 Rust-side schema, no Python validator per field: the watcher's CPU per object is the end-to-end
-critical path); it builds the same event or declines, and a declined object takes ``to_event``. Serialisation happens once too: the
-payload's JSON is hashed for the digest and spliced into the event's JSON, which the observation
-carries as the bytes the sink publishes (``K8sEvent.encoded``). The digest hashes the normalised
-*payload* only (not ``observed_at``/``producer``/``resourceVersion``), so two watchers, or one
-watcher before and after a restart, agree on whether content changed. :func:`digest_of` is the
-same function applied to events read back from the stream on takeover.
+critical path); it builds the same event or declines, and a declined object takes ``to_event``.
+
+Serialisation happens once too: the payload's JSON is hashed for the digest and spliced into the
+event's JSON, which the observation carries as the bytes the sink publishes
+(``K8sEvent.encoded``). The digest hashes the normalised *payload* only (not
+``observed_at``/``producer``/``resourceVersion``), so two watchers, or one watcher before and
+after a restart, agree on whether content changed. :func:`digest_of` is the same function applied
+to events read back from the stream on takeover.
 
 Anything the API sends (a non-object, missing metadata, placeholder strings in typed fields)
 becomes :class:`Invalid` with the best object reference we can extract: the watcher reports and
