@@ -157,7 +157,9 @@ async def one_rep(url: str, rep: int, args: argparse.Namespace, root: Path) -> d
     try:
         await provision(pub.js)
         await pub.js.purge_stream(STREAM_K8S)
-        settings = DatapathSettings(node_name=NODE, nats_url=url, maps="bpf", policy=False)
+        settings = DatapathSettings(
+            node_name=NODE, nats_url=url, maps="bpf", policy=False, batch=args.batch
+        )
         worker = DatapathWorker(settings, bus, lbmap)
         status = asyncio.create_task(worker._status_loop())
         start = await worker.bootstrap()
@@ -243,6 +245,7 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=10_000)
     parser.add_argument("--churn", type=int, default=10_000)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=512, help="the worker's largest batch")
     parser.add_argument("--instructions", choices=("e2e", "churn"))
     args = parser.parse_args()
     if args.instructions:
