@@ -31,7 +31,7 @@ RESULTS = Path("bench/results")
 # name -> (arguments for the full run, arguments for --quick)
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "datapath": (
-        ["--sizes", "100,1000,10000,100000", "--rounds", "40", "--per-round", "100"],
+        ["--sizes", "100,1000,10000,100000", "--rounds", "100", "--per-round", "100"],
         ["--sizes", "100,1000", "--rounds", "4", "--per-round", "50"],
     ),
     "coldsync": (
