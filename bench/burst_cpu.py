@@ -18,7 +18,7 @@ Each repetition uses fresh pinned maps (created here with the loader's shapes, n
 a purged stream. The burst is published before the consumer starts, so the worker reads full
 batches, and the publisher's CPU is not counted.
 
-Run (root, for the maps): ``.venv/bin/python -m tests.datapath.burst_cpu [--services 10000]``.
+Run (root, for the maps): ``.venv/bin/python -m bench.burst_cpu [--services 10000]``.
 
 CPU time on a shared machine moves by 10-20 % between runs; for A/B of small changes the
 ``--instructions e2e|churn`` mode counts instructions instead, which do not depend on the
@@ -27,7 +27,7 @@ no bus) over the burst after a warm-up, inside ``functools.reduce`` so that call
 exactly that part::
 
     valgrind --tool=callgrind --collect-atstart=no --toggle-collect=functools_reduce \
-        .venv/bin/python -m tests.datapath.burst_cpu --instructions e2e --services 1500
+        .venv/bin/python -m bench.burst_cpu --instructions e2e --services 1500
 
 prints the events measured; instructions per event = the ``totals:`` line of callgrind.out.PID
 divided by it.
@@ -44,7 +44,6 @@ import gc
 import os
 import random
 import shutil
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +52,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from bench import objects as o
+from bench.stack import Stack
 from contracts.subjects import STREAM_K8S
 from contracts.v1 import to_event
 from services.common.bus import Outgoing, connect_bus, provision, publish_batch
@@ -62,7 +62,6 @@ from services.datapath.bpflayout import MapCapacities, map_specs
 from services.datapath.bpfmaps import BpfLBMap
 from services.datapath.settings import DatapathSettings
 from services.datapath.worker import DatapathWorker
-from tests.conftest import NatsServer
 
 NODE = "burst-node"
 GC_TIME: dict[int, float] = {}  # generation -> CPU seconds in collections (-1: the last start)
@@ -255,15 +254,14 @@ def main() -> None:
 
 
 async def burst(args: argparse.Namespace) -> None:
-    store = Path(tempfile.mkdtemp(prefix="burst-nats-"))
     root = Path("/sys/fs/bpf") / f"weir-burst-{os.getpid()}"
     gc.callbacks.append(_gc_clock)
-    server = NatsServer(store)
-    server.start()
+    stack = Stack()
     runs = []
     try:
+        url = stack.start_nats()
         for rep in range(args.reps):
-            r = await one_rep(server.url, rep, args, root)
+            r = await one_rep(url, rep, args, root)
             print(
                 f"rep {rep}: e2e {r['e2e_us']:.1f} us/event (gc {r['e2e_gc_us']:.1f},"
                 f" {r['e2e_wall_s']:.2f} s wall), churn {r['churn_us']:.1f} us/event"
@@ -272,8 +270,7 @@ async def burst(args: argparse.Namespace) -> None:
             )
             runs.append(r)
     finally:
-        server.stop()
-        shutil.rmtree(store, ignore_errors=True)
+        stack.close()
         shutil.rmtree(root, ignore_errors=True)
     print(
         f"best of {len(runs)}: e2e {min(r['e2e_us'] for r in runs):.1f} us/event, "
