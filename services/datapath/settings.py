@@ -23,7 +23,8 @@ class DatapathSettings(WeirSettings):
     maps: Literal["bpf", "fake"] = "bpf"
     netns: str = ""  # the node's netns (pods' host-side veths) for the policy loop; "": ours
     policy: bool = True  # run the NetworkPolicy loop and publish flows (policyworker)
-    batch: int = 512
+    batch: int = 512  # the batch of a worker that keeps up (the latency of single changes)
+    backlog_batch: int = 2048  # the batch while the feed holds more than ``batch`` (a backlog)
     status_interval: float = 0.05  # at most one NodeStatus per interval (the last one wins)
     fetch_timeout: float = 0.5
     retry_interval: float = 1.0

@@ -8,13 +8,15 @@ and only then prune, because before the snapshot is complete an entry missing fr
 just not have been read yet; (4) consume from the snapshot's sequence on with a durable pull
 consumer named after the node, coalescing what has arrived into one apply and acking only
 after its writes succeeded (AckPolicy ALL: one ack, on the batch's last message, covers it).
+Batches are small (``batch``) while the worker keeps up and large (``backlog_batch``) while its
+feed holds a backlog, where fewer, larger applies cost less CPU per event (see ``BACKLOG``).
 The consumer's pull requests stay outstanding (``services.common.pullfeed``), so the next
 messages arrive while a batch is written and a single change costs no pull round trip.
 
 Per-change fixed costs matter as much as per-message ones: ten workers share two cores in the
-benchmark, so a millisecond per change per worker is ten per change. An apply of up to a batch's
-worth of frontends runs on the loop (see ``INLINE_APPLY``), the NodeStatus counts the services
-map incrementally (``mapfill``) and is published without waiting for the stream's ack.
+benchmark, so a millisecond per change per worker is ten per change. An apply of up to a
+backlog batch's worth of frontends runs on the loop (see ``INLINE_APPLY``), the NodeStatus counts
+the services map incrementally (``mapfill``) and is published without waiting for the stream's ack.
 
 A full map is not a crash and not a reason to stop the stream: the frontends that did not fit
 stay pending (retried on every batch and on idle ticks), the error is logged, counted and put in
@@ -92,10 +94,25 @@ STEADY_GC = (50_000, 20, 100)
 # the model and the mirror the batch just touched are not in its caches: at 10,000 Services an
 # apply in the thread cost 5-10 us more CPU per event than the same apply on the loop (batches of
 # 512), ~20 us more at batches of 32. Under the GIL the thread overlaps the loop only during the
-# map syscalls (~3 us an event), so it bought little. A full batch (~15-35 us a frontend) keeps
-# the loop for 10-20 ms, which pings, statuses and the ops server absorb; larger applies
-# (a re-sync, a burst of multi-port Services) still go to the thread.
-INLINE_APPLY = 512
+# map syscalls (~3 us an event), so it bought little. The same holds for a backlog's batch of
+# 2048 (see BACKLOG): handle_batch over the relist-shaped burst cost 49.6 us an event with its
+# applies in the thread and 33.5 on the loop (41.7 in batches of 512, /tmp/s5/tail_inproc.py).
+# A full small batch (~15-35 us a frontend) keeps the loop for 10-20 ms, a backlog's 40-70 ms
+# (only while the worker is behind anyway), which pings, statuses and the ops server absorb;
+# larger applies (a re-sync, a burst of multi-port Services) still go to the thread.
+INLINE_APPLY = 2048
+GATHER_WAIT = 0.05  # seconds a backlog's batch waits for its next message before it is applied
+# BACKLOG: a worker behind its stream (the burst of a relist: 1000 Services, then the 1000 slices
+# of the same Services, ...) takes up to ``settings.backlog_batch`` messages per batch whenever
+# more than ``settings.batch`` are buffered in its feed or still pending on the server. With
+# batches of 512 a Service and its slice land in different batches, so each frontend is planned
+# and written twice (without backends, then with them); with 2048 most are written once, and the
+# per-batch costs (flush, apply, ack, status) are spread over four times the events. A worker that
+# keeps up has nothing pending, so single changes still go out in batches of one. The feed holds
+# only what the read loop parsed while the last batch was applied (~270 relist messages: about a
+# socket buffer), so the backlog is read from the last message's pending count and the batch is
+# topped up from the feed (see _gather_backlog). The larger apply stays on the loop (see
+# INLINE_APPLY: in the thread it cost more than the batching saved).
 _LB_SUBJECTS = tuple(f"{PREFIX}.k8s.{kind}." for kind in KINDS)
 _PLAIN_TOKEN = re.compile(r"[A-Za-z0-9-]+")  # names that escape_token leaves as they are
 
@@ -243,6 +260,7 @@ class DatapathWorker:
         durable = durable_name(self.node)
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(STREAM_K8S, durable)  # the snapshot covers its backlog
+        small, largest = batch_sizes(self.settings)
         spec = DurableSpec(
             stream=STREAM_K8S,
             durable=durable,
@@ -250,7 +268,7 @@ class DatapathWorker:
             # consumer with several filter subjects at ~6,400 messages/s and in dribbles (a
             # batch of one, mostly); with one filter, 60,000+/s in full batches
             filter_subjects=(k8s_filter(),),
-            max_ack_pending=max(4 * self.settings.batch, 1024),
+            max_ack_pending=max(4 * largest, 1024),
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start_seq,
             ack_policy=AckPolicy.ALL,  # a batch is applied as one: ack its last message
@@ -260,16 +278,19 @@ class DatapathWorker:
         gc.set_threshold(*STEADY_GC)
         # requests stay outstanding: the next messages arrive while a batch is applied, and a
         # single change costs no pull round trip (see services.common.pullfeed)
-        feed = PullFeed(self.bus.nc, STREAM_K8S, durable, window=2 * self.settings.batch)
+        feed = PullFeed(self.bus.nc, STREAM_K8S, durable, window=2 * largest)
         await feed.start()
         last_retry = time.monotonic()
         try:
             while True:
                 raise_if_cancelled()  # a cancel nats-py lost (services/common/cancelling.py)
                 try:
-                    msgs = await feed.next_batch(
-                        self.settings.batch, wait=self.settings.fetch_timeout
-                    )
+                    # a backlog (more than a batch here or behind it on the server) is taken
+                    # in large batches; a worker that keeps up applies what came, in small ones
+                    limit = largest if feed.buffered > small else small
+                    msgs = await feed.next_batch(limit, wait=self.settings.fetch_timeout)
+                    if msgs and largest > small:
+                        msgs = await _gather_backlog(feed, msgs, small, largest)
                 except ConsumerGoneError:
                     log.warning("%s: consumer %s vanished; recreating", self.node, durable)
                     spec = dataclasses.replace(spec, opt_start_seq=self.applied_seq + 1)
@@ -464,6 +485,46 @@ class DatapathWorker:
             )
         except Exception as exc:  # status is best effort; the maps are what matters
             log.warning("%s: cannot publish status: %r", self.node, exc)
+
+
+async def _gather_backlog(feed: PullFeed, msgs: list[Msg], small: int, largest: int) -> list[Msg]:
+    """``msgs`` topped up to ``largest`` while a backlog is behind them (see BACKLOG): more than
+    ``small`` messages buffered or still pending on the server (the last message's ack subject
+    says how many). The feed buffers only what the read loop parsed between two batches (about
+    a socket buffer's worth, ~270 relist messages), so a backlog would otherwise be applied in
+    batches of that size; here the loop reads on while the batch grows. Nothing pending: as is
+    (a single change stays a batch of one). A fetch error ends the gathering, not the batch."""
+    while len(msgs) < largest:
+        pending = pending_count(msgs[-1])
+        if not pending or len(msgs) + feed.buffered + pending <= small:
+            break
+        try:
+            more = await feed.next_batch(largest - len(msgs), wait=GATHER_WAIT)
+        except (nats.errors.Error, OSError):
+            break
+        if not more:
+            break
+        msgs += more
+    return msgs
+
+
+def pending_count(msg: Msg) -> int:
+    """Messages of the consumer still on the server after ``msg`` (its ack subject's last token;
+    0 when that does not read as a count: then nothing is gathered)."""
+    reply = msg.reply
+    if reply and reply.startswith("$JS.ACK."):
+        pending = reply.rpartition(".")[2]
+        if pending.isascii() and pending.isdigit():
+            return int(pending)
+    return 0
+
+
+def batch_sizes(settings: DatapathSettings) -> tuple[int, int]:
+    """(the batch of a worker that keeps up, the batch under a backlog), see BACKLOG. The feed
+    keeps twice the larger one requested and the consumer lets four times it be unacked: a
+    large batch being applied plus the next one arriving never wait on ``max_ack_pending``."""
+    small = max(1, settings.batch)
+    return small, max(small, settings.backlog_batch)
 
 
 def stream_seq(msg: Msg) -> int:

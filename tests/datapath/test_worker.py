@@ -16,26 +16,32 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 
+from bench.burst_cpu import e2e_events  # the relist's shape: pieces of 1000 of a kind
 from contracts.subjects import STREAM_K8S, STREAM_STATUS, k8s_filter, k8s_subject, status_subject
 from contracts.v1 import EndpointSlice, K8sEvent, NodeStatus, Op, Service
-from services.common.bus import Bus, connect_bus, publish
+from services.common.bus import Bus, connect_bus, publish, publish_batch
+from services.common.consume import ack_position
 from services.common.ops import start_ops_server
+from services.datapath.decode import decode
 from services.datapath.fakemaps import FakeLBMap, check_consistent
 from services.datapath.lbmap import LBMapState
+from services.datapath.model import DesiredState
 from services.datapath.reconcile import Reconciler
 from services.datapath.render import render, resolved
 from services.datapath.settings import DatapathSettings
-from services.datapath.worker import STEADY_GC, DatapathWorker, durable_name
+from services.datapath.worker import STEADY_GC, DatapathWorker, durable_name, pending_count
 from tests.conftest import NatsServer, free_port
 from tests.datapath.manifests import NODE, TESTDATA, desired, events
 
@@ -426,3 +432,89 @@ def test_stream_seq_is_ack_position_for_any_reply(reply: str) -> None:
     except Exception as exc:
         got = type(exc)
     assert got == want
+
+
+async def test_a_backlog_is_taken_in_large_batches_and_a_single_change_in_one(
+    bus: Bus, nats_server: NatsServer
+) -> None:
+    """A worker behind its stream (a relist-shaped burst already there when it consumes) takes
+    batches of up to ``backlog_batch``, acks each only after it was applied (its last message:
+    AckPolicy ALL), loses nothing; once it keeps up, a single change is a batch of one."""
+    settings = DatapathSettings(
+        node_name=NODE, nats_url=nats_server.url, maps="fake", batch=8, backlog_batch=64
+    )
+    lbmap = FakeLBMap()  # no consistency check per write: quadratic at this size
+    wbus = await connect_bus(nats_server.url, "test-datapath")
+    worker = DatapathWorker(settings, wbus, lbmap)
+    start = await worker.bootstrap()
+    burst = e2e_events(1200, 0, "pieces")  # 2,400 events: 1000 Services, their slices, ...
+    acks = await publish_batch(bus.js, burst)
+    sizes: list[int] = []
+    early: list[str] = []
+    handle = worker.handle_batch
+
+    async def recording(msgs: Sequence[Msg]) -> None:
+        sizes.append(len(msgs))
+        for msg in msgs:
+
+            async def checked_ack(msg: Msg = msg, ack: Callable[[], Any] = msg.ack) -> None:
+                # only the batch's last message, and only once all it changed is in the maps
+                model, dumped = worker.model.frontends, lbmap.dump()
+                if (
+                    msg is not msgs[-1]
+                    or worker.reconciler.pending
+                    or not set(model) <= set(worker.reconciler.realised.frontend_values)
+                    or len(dumped.frontends) != len(model)
+                ):
+                    early.append(msg.subject)
+                await ack()
+
+            msg.ack = checked_ack  # type: ignore[method-assign]
+        await handle(msgs)
+
+    worker.handle_batch = recording  # type: ignore[method-assign]
+    task = asyncio.create_task(worker.consume(start))
+    try:
+        await eventually(
+            lambda: worker.applied_seq == acks[-1].seq or task.done(), what="the burst applied"
+        )
+        assert not task.done(), task.result()
+        assert not worker.errors, worker.errors[:3]
+        assert not check_consistent(lbmap.dump())
+        assert max(sizes) == 64, sizes  # the backlog in large batches ...
+        assert sizes.count(64) >= len(burst) // 64 - 2, sizes  # ... nearly all of it
+        assert sum(sizes) == len(burst)  # each message handed out once: none lost or redelivered
+        assert not early
+        info = await bus.js.consumer_info(STREAM_K8S, durable_name(NODE))
+        assert info.ack_floor.stream_seq == acks[-1].seq and info.num_ack_pending == 0
+        want = DesiredState(NODE)
+        for out in burst:
+            assert isinstance(out.data, bytes)
+            want.apply(decode(out.data))
+        want.flush()
+        expected = FakeLBMap()
+        Reconciler(expected).apply(dict(want.frontends), prune=True)
+        assert resolved(lbmap.dump()) == resolved(expected.dump())
+        # keeping up: one change, one batch of one
+        sizes.clear()
+        change = events(TESTDATA / "clusterip.yaml")
+        for ev in change:
+            seq = (await publish(bus.js, ev.subject(), ev, msg_id=ev.msg_id())).seq
+            await eventually(lambda: worker.applied_seq == seq, what="a single change")  # noqa: B023
+        assert sizes == [1] * len(change)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await wbus.close()
+
+
+@given(
+    seq=st.integers(min_value=1, max_value=2**63),
+    pending=st.integers(min_value=0, max_value=2**63),
+)
+def test_pending_count_is_the_ack_subjects_pending(seq: int, pending: int) -> None:
+    reply = f"$JS.ACK.WEIR_K8S.datapath-node-a.1.{seq}.{seq}.1700000000000000000.{pending}"
+    msg = Msg(None, subject="weir.v1.k8s.service.a.b", reply=reply)  # type: ignore[arg-type]
+    assert pending_count(msg) == ack_position(msg)[1] == pending
+    assert pending_count(Msg(None, subject="x", reply="_INBOX.x")) == 0  # type: ignore[arg-type]
