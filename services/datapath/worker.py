@@ -96,7 +96,8 @@ STEADY_GC = (50_000, 20, 100)
 # 512), ~20 us more at batches of 32. Under the GIL the thread overlaps the loop only during the
 # map syscalls (~3 us an event), so it bought little. The same holds for a backlog's batch of
 # 2048 (see BACKLOG): handle_batch over the relist-shaped burst cost 49.6 us an event with its
-# applies in the thread and 33.5 on the loop (41.7 in batches of 512, /tmp/s5/tail_inproc.py).
+# applies in the thread and 33.5 on the loop (41.7 in batches of 512; in process, real maps, no
+# bus, best of 3).
 # A full small batch (~15-35 us a frontend) keeps the loop for 10-20 ms, a backlog's 40-70 ms
 # (only while the worker is behind anyway), which pings, statuses and the ops server absorb;
 # larger applies (a re-sync, a burst of multi-port Services) still go to the thread.
