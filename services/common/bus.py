@@ -220,22 +220,18 @@ async def _pipeline(
                 await wired.kick()
             await batch.drain(window - 1, ack_timeout)
         span: Span | None = None
+        hdrs: dict[str, str] | None = None  # only the msg id: built if Client.publish sends it
         if traced:
             span = tracing.start_producer_span(o.subject, o.msg_id, context=o.parent)
             hdrs = tracing.inject_span(o.headers, span)
             hdrs[MSG_ID_HEADER] = o.msg_id
-            block = header_block(hdrs) if wired is not None else None
         elif o.headers:
-            hdrs = dict(o.headers)
-            hdrs[MSG_ID_HEADER] = o.msg_id
-            block = header_block(hdrs) if wired is not None else None
-        else:
-            hdrs = None  # built only if the message goes through Client.publish
-            block = msg_id_block(o.msg_id) if wired is not None else None
+            hdrs = {**o.headers, MSG_ID_HEADER: o.msg_id}
         inflight[i] = span  # before sending: the ack may be processed while publish yields
         payload = payloads[i]
-        if block is not None and wired is not None and wired.ready(payload):
-            cmd = hpub(o.subject, f"{reply}{i}", block, payload)
+        if wired is not None and wired.ready(payload):
+            block = msg_id_block(o.msg_id) if hdrs is None else header_block(hdrs)
+            cmd = hpub(o.subject, f"{reply}{i}", block, payload) if block is not None else None
             if cmd is not None:
                 if wired.push(cmd, len(payload)):
                     await wired.force_flush()

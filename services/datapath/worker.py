@@ -510,14 +510,12 @@ async def _gather_backlog(feed: PullFeed, msgs: list[Msg], small: int, largest: 
 
 
 def pending_count(msg: Msg) -> int:
-    """Messages of the consumer still on the server after ``msg`` (its ack subject's last token;
-    0 when that does not read as a count: then nothing is gathered)."""
-    reply = msg.reply
-    if reply and reply.startswith("$JS.ACK."):
-        pending = reply.rpartition(".")[2]
-        if pending.isascii() and pending.isdigit():
-            return int(pending)
-    return 0
+    """Messages of the consumer still on the server after ``msg`` (:func:`ack_position`; 0 when
+    ``msg`` carries no JetStream position: then nothing is gathered)."""
+    try:
+        return ack_position(msg)[1]
+    except (ValueError, nats.errors.Error):  # not a JetStream message (no metadata)
+        return 0
 
 
 def batch_sizes(settings: DatapathSettings) -> tuple[int, int]:
@@ -559,7 +557,7 @@ def _observe_programming(events: Sequence[Change | None]) -> None:
     now = time.time()
     m.observe_many(
         m.NETWORK_PROGRAMMING,
-        [max(0.0, now - event[4]) for event in events if event is not None],  # [4]: observed_at
+        [max(0.0, now - event.observed_at) for event in events if event is not None],
     )
 
 

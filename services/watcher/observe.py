@@ -76,11 +76,10 @@ def make_normaliser(
                 key, uid, rv = object_key(kind, obj)  # best effort, only needed for the report
                 return Invalid(key, uid, rv, exc.field, exc.message)
         # the key the event will be published under (the contracts own the namespace rule)
-        fields = event.__dict__
-        valid_key = new(ObjectKey, (kind, fields["namespace"], fields["name"]))
+        valid_key = new(ObjectKey, (kind, event.namespace, event.name))
         body, data = event.encoded()  # an UPSERT always has its payload: body is never "null"
         digest = sha256(body).hexdigest()
-        fingerprint = new(Fingerprint, (fields["uid"], fields["resource_version"], digest))
+        fingerprint = new(Fingerprint, (event.uid, event.resource_version, digest))
         return new(Valid, (valid_key, fingerprint, event, data))
 
     return normalise

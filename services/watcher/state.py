@@ -137,7 +137,7 @@ def decide_present(index: PublishedIndex, obs: Observation) -> list[Action]:
     """An object exists (ADDED/MODIFIED watch event, or one item of a listing)."""
     if isinstance(obs, Invalid):
         return [] if index.already_reported(obs) else [Report(obs)]
-    old = index._entries.get(obs.key)
+    old = index.get(obs.key)
     if old is None:  # the common case of a first listing, once per object: no Python-level
         return [tuple.__new__(Upsert, obs)]  # __new__ (an Upsert's fields are a Valid's)
     if _same_content(old, obs.fingerprint):
