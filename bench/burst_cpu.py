@@ -27,7 +27,7 @@ CPU time on a shared machine moves by 10-20 % between runs; for A/B of small cha
 ``--instructions e2e|churn`` mode counts instructions instead, which do not depend on the
 neighbours: the worker's ``handle_batch`` (absorb, flush, apply on real maps, inline on the loop,
 no bus) over the burst after a warm-up, inside ``functools.reduce`` so that callgrind collects
-exactly that part::
+exactly that part (valgrind is not installed by `make`: `apt-get install valgrind`)::
 
     valgrind --tool=callgrind --collect-atstart=no --toggle-collect=functools_reduce \
         .venv/bin/python -m bench.burst_cpu --instructions e2e --services 1500
